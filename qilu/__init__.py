@@ -1,0 +1,1 @@
+"""Qilu: the composition root of the telemedicine referral and e-health-record service."""
