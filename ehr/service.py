@@ -1,0 +1,597 @@
+"""The record's rules: versioned writes, identifier uniqueness, reads, history, search, bundles, $everything."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from ehr import search
+from ehr.models import RESOURCE_TYPES, READ_ONLY_TYPES, RecordError, ResourceIssue, is_supported_type, \
+    validate_resource
+from ehr.store import RecordStore
+from fhir_profiles.identifiers import EHEALTH_CARD_SYSTEM, NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, \
+    USCC_SYSTEM
+
+# Identifiers that name exactly one resource of their type (a second one is a 409).
+UNIQUE_IDENTIFIER_SYSTEMS: dict[str, frozenset[str]] = {
+    "Patient": frozenset({NATIONAL_ID_SYSTEM, EHEALTH_CARD_SYSTEM}),
+    "Organization": frozenset({USCC_SYSTEM}),
+    "Practitioner": frozenset({PRACTITIONER_NUMBER_SYSTEM}),
+}
+MAX_REVINCLUDE = 1000
+MAX_BUNDLE_ENTRIES = 1000
+
+
+def now_utc() -> datetime:
+    # BSON keeps milliseconds; cut here so what we return equals what we read back.
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def fhir_instant(moment: datetime) -> str:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def unique_identifier_keys(resource: dict[str, Any] | None) -> set[str]:
+    if not resource:
+        return set()
+    systems = UNIQUE_IDENTIFIER_SYSTEMS.get(resource.get("resourceType", ""), frozenset())
+    keys = set()
+    for identifier in resource.get("identifier") or []:
+        if isinstance(identifier, dict) and identifier.get("system") in systems and identifier.get("value"):
+            value = identifier["value"].upper() if identifier["system"] == NATIONAL_ID_SYSTEM else identifier["value"]
+            keys.add(f"{resource['resourceType']}|{identifier['system']}|{value}")
+    return keys
+
+
+def parse_etag(value: str | None) -> int | None:
+    """`W/"3"` (or `"3"`, or `3`) -> 3."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit():
+        raise RecordError.single(400, "invalid", f"If-Match must be a version ETag such as W/\"1\", not {value!r}")
+    return int(text)
+
+
+@dataclass
+class Written:
+    """The outcome of one versioned write, with what is needed to undo it inside a transaction."""
+
+    resource_type: str
+    resource_id: str
+    vid: int
+    updated: datetime
+    resource: dict[str, Any] | None  # None for a delete
+    created: bool
+    previous: dict[str, Any] | None = field(repr=False, default=None)
+    claimed_keys: list[str] = field(default_factory=list)
+    released_keys: list[str] = field(default_factory=list)
+
+    @property
+    def etag(self) -> str:
+        return f'W/"{self.vid}"'
+
+    @property
+    def location(self) -> str:
+        return f"{self.resource_type}/{self.resource_id}/_history/{self.vid}"
+
+
+def _issue(status: int, code: str, text: str, expression: str | None = None) -> RecordError:
+    return RecordError.single(status, code, text, expression)
+
+
+@contextmanager
+def _as_bad_parameter():
+    try:
+        yield
+    except search.SearchValueError as exc:
+        raise _issue(400, "value", str(exc)) from None
+
+
+def _require_type(resource_type: str, *, writing: bool = False) -> None:
+    if not is_supported_type(resource_type):
+        raise _issue(404, "not-supported", f"Resource type '{resource_type}' is not supported here")
+    if writing and resource_type in READ_ONLY_TYPES:
+        raise _issue(405, "not-supported", f"{resource_type} is written by the server only and cannot be changed")
+
+
+def _check_id(resource_id: str) -> None:
+    if not search.is_valid_id(resource_id):
+        raise _issue(400, "value", "A resource id is 1-64 characters of A-Z a-z 0-9 - and .", "id")
+
+
+def rewrite_references(node: Any, mapping: dict[str, str]) -> Any:
+    """Replace every `reference` that names a Bundle fullUrl with the id it was given."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and value in mapping:
+                out[key] = mapping[value]
+            else:
+                out[key] = rewrite_references(value, mapping)
+        return out
+    if isinstance(node, list):
+        return [rewrite_references(item, mapping) for item in node]
+    return node
+
+
+class RecordService:
+    def __init__(self, store: RecordStore, base_url: str):
+        self.store = store
+        self.base_url = base_url.rstrip("/")
+
+    # --- the single write path ------------------------------------------------------------------
+
+    def _document(self, resource_type: str, resource_id: str, vid: int, updated: datetime,
+                  resource: dict[str, Any] | None) -> dict[str, Any]:
+        if resource is None:  # a delete keeps the last content for nothing but its id
+            return {"_id": resource_id, "vid": vid, "updated": updated, "deleted": True, "resource": None,
+                    "sp": {}, "so": {}, "compartment": []}
+        sp, so, compartment = search.index_resource(resource)
+        return {"_id": resource_id, "vid": vid, "updated": updated, "deleted": False, "resource": resource,
+                "sp": sp, "so": so, "compartment": compartment}
+
+    async def _commit(self, resource_type: str, resource_id: str, previous: dict[str, Any] | None,
+                      resource: dict[str, Any] | None, method: str) -> Written:
+        vid = previous["vid"] + 1 if previous else 1
+        updated = now_utc()
+        if resource is not None:
+            meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+            resource = {**resource, "id": resource_id,
+                        "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
+        owner = f"{resource_type}/{resource_id}"
+        old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
+        new_keys = unique_identifier_keys(resource)
+        claimed: list[str] = []
+        try:
+            for key in sorted(new_keys - old_keys):
+                if await self.store.claim_identifier(key, owner) is not None:
+                    system = key.split("|")[1]
+                    raise _issue(409, "duplicate",
+                                 f"Another {resource_type} already holds this identifier (system {system})",
+                                 f"{resource_type}.identifier")
+                claimed.append(key)
+            document = self._document(resource_type, resource_id, vid, updated, resource)
+            if previous is None:
+                ok = await self.store.insert_first_version(resource_type, document)
+            else:
+                ok = await self.store.replace_if_version(resource_type, resource_id, previous["vid"], document)
+            if not ok:
+                raise _issue(409, "conflict", f"{owner} was changed by someone else at the same moment; "
+                                              "read it again and retry")
+        except BaseException:
+            for key in claimed:
+                await self.store.release_identifier(key, owner)
+            raise
+        await self.store.add_history(resource_type, resource_id, vid, updated, method, resource)
+        released = sorted(old_keys - new_keys)
+        for key in released:
+            await self.store.release_identifier(key, owner)
+        return Written(resource_type, resource_id, vid, updated, resource, previous is None or previous["deleted"],
+                       previous, claimed, released)
+
+    async def undo(self, written: Written) -> None:
+        """Put back what a write replaced (used to roll a transaction back)."""
+        owner = f"{written.resource_type}/{written.resource_id}"
+        await self.store.restore(written.resource_type, written.previous, written.resource_id)
+        await self.store.remove_history(written.resource_type, written.resource_id, written.vid)
+        for key in written.claimed_keys:
+            await self.store.release_identifier(key, owner)
+        for key in written.released_keys:
+            await self.store.claim_identifier(key, owner)
+
+    # --- create, read, update, delete -------------------------------------------------------------
+
+    async def create(self, resource_type: str, body: Any, *, if_none_exist: str | None = None,
+                     resource_id: str | None = None) -> tuple[Written | None, dict[str, Any] | None]:
+        """Returns (written, None) for a new resource, or (None, existing) when If-None-Exist matched one."""
+        _require_type(resource_type, writing=True)
+        resource = validate_resource(body, expected_type=resource_type)
+        if if_none_exist:
+            matches = await self._conditional_matches(resource_type, if_none_exist)
+            if len(matches) > 1:
+                raise _issue(412, "duplicate", f"If-None-Exist matched {len(matches)} resources; it must match "
+                                               "at most one")
+            if matches:
+                return None, matches[0]["resource"]
+        return await self._commit(resource_type, resource_id or str(uuid.uuid4()), None, resource, "POST"), None
+
+    async def _conditional_matches(self, resource_type: str, criteria: str) -> list[dict[str, Any]]:
+        plan = search.parse_search(resource_type, parse_qsl(criteria.lstrip("?"), keep_blank_values=True),
+                                   handling="strict")
+        self._raise_on_errors(plan)
+        return await self.store.find(resource_type, plan.filter, sort=[("_id", 1)], limit=2)
+
+    async def _current(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        _require_type(resource_type)
+        _check_id(resource_id)
+        document = await self.store.get(resource_type, resource_id)
+        if document is None:
+            raise _issue(404, "not-found", f"{resource_type}/{resource_id} is not known")
+        return document
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """The current document ({vid, updated, resource, ...}); 410 when deleted."""
+        document = await self._current(resource_type, resource_id)
+        if document["deleted"]:
+            raise RecordError.single(410, "deleted", f"{resource_type}/{resource_id} was deleted",
+                                     headers={"ETag": f'W/"{document["vid"]}"'})
+        return document
+
+    async def vread(self, resource_type: str, resource_id: str, vid: str) -> dict[str, Any]:
+        _require_type(resource_type)
+        _check_id(resource_id)
+        if not vid.isdigit():
+            raise _issue(400, "value", "A version id is a whole number")
+        entry = await self.store.get_version(resource_type, resource_id, int(vid))
+        if entry is None:
+            raise _issue(404, "not-found", f"{resource_type}/{resource_id} has no version {vid}")
+        if entry["resource"] is None:
+            raise _issue(410, "deleted", f"Version {vid} of {resource_type}/{resource_id} is a deletion")
+        return entry
+
+    async def update(self, resource_type: str, resource_id: str, body: Any, *,
+                     if_match: str | None = None) -> Written:
+        _require_type(resource_type, writing=True)
+        _check_id(resource_id)
+        resource = validate_resource(body, expected_type=resource_type)
+        if resource.get("id") != resource_id:
+            raise _issue(400, "invalid", f"The resource's id ({resource.get('id')!r}) must equal the id in the URL "
+                                         f"({resource_id!r})", f"{resource_type}.id")
+        expected = parse_etag(if_match)
+        for attempt in range(3):
+            previous = await self.store.get(resource_type, resource_id)
+            if expected is not None and (previous is None or previous["vid"] != expected):
+                current = previous["vid"] if previous else "none"
+                raise _issue(412, "conflict", f"If-Match asked for version {expected} but the current version is "
+                                              f"{current}")
+            try:
+                return await self._commit(resource_type, resource_id, previous, resource,
+                                          "PUT" if previous else "POST")
+            except RecordError as exc:
+                # Lost a race: with If-Match that is the caller's 412; without, apply on top of the winner.
+                if exc.status != 409 or exc.issues[0].code != "conflict":
+                    raise
+                if expected is not None:
+                    raise _issue(412, "conflict", f"Version {expected} was replaced while this update was "
+                                                  "being written") from None
+        raise _issue(409, "conflict", f"{resource_type}/{resource_id} is being changed by many writers at once; retry")
+
+    async def delete(self, resource_type: str, resource_id: str) -> Written | None:
+        """Soft delete: a history entry, then 410 on read. None when it was already deleted."""
+        _require_type(resource_type, writing=True)
+        previous = await self._current(resource_type, resource_id)
+        if previous["deleted"]:
+            return None
+        return await self._commit(resource_type, resource_id, previous, None, "DELETE")
+
+    # --- history --------------------------------------------------------------------------------
+
+    async def history(self, resource_type: str | None, resource_id: str | None,
+                      params: list[tuple[str, str]]) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if resource_type:
+            _require_type(resource_type)
+            query["type"] = resource_type
+        if resource_id:
+            await self._current(resource_type, resource_id)
+            query["id"] = resource_id
+        count, offset = 20, 0
+        with _as_bad_parameter():
+            for name, value in params:
+                if name == "_count":
+                    count = search.parse_count(value)
+                elif name == "_offset":
+                    offset = search.parse_offset(value)
+                elif name == "_since":
+                    query["updated"] = {"$gte": search.parse_instant(value)}
+        entries, total = await self.store.history(query, skip=offset, limit=count)
+        bundle_entries = []
+        for entry in entries:
+            item: dict[str, Any] = {"fullUrl": f"{self.base_url}/{entry['type']}/{entry['id']}",
+                                    "request": {"method": entry["method"], "url": entry["type"] + (
+                                        "" if entry["method"] == "POST" else f"/{entry['id']}")},
+                                    "response": {"status": "201" if entry["method"] == "POST" else "200",
+                                                 "etag": f'W/"{entry["vid"]}"',
+                                                 "lastModified": fhir_instant(entry["updated"])}}
+            if entry["resource"] is not None:
+                item["resource"] = entry["resource"]
+            else:
+                item["response"]["status"] = "204"
+            bundle_entries.append(item)
+        path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
+        kept = [(k, v) for k, v in params if k == "_since"]
+        return self._bundle("history", total, bundle_entries, path, kept, count, offset)
+
+    # --- search ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _raise_on_errors(plan: search.SearchPlan) -> None:
+        errors = [i for i in plan.issues if i.severity in ("error", "fatal")]
+        if errors:
+            raise RecordError(400, [ResourceIssue(i.severity, i.code, i.diagnostics,
+                                                  [i.expression] if i.expression else []) for i in errors])
+
+    def _bundle(self, kind: str, total: int | None, entries: list[dict[str, Any]], path: str,
+                used: list[tuple[str, str]], count: int, offset: int) -> dict[str, Any]:
+        def link(relation: str, at: int) -> dict[str, str]:
+            query = urlencode([*used, ("_count", str(count)), ("_offset", str(at))])
+            return {"relation": relation, "url": f"{self.base_url}/{path}?{query}"}
+
+        links = [link("self", offset)]
+        if total is not None and count > 0 and offset + count < total:
+            links.append(link("next", offset + count))
+        if offset > 0 and count > 0:
+            links.append(link("previous", max(0, offset - count)))
+        bundle: dict[str, Any] = {"resourceType": "Bundle", "id": str(uuid.uuid4()), "meta": {
+            "lastUpdated": fhir_instant(now_utc())}, "type": kind}
+        if total is not None:
+            bundle["total"] = total
+        bundle["link"] = links
+        if entries:
+            bundle["entry"] = entries
+        return bundle
+
+    def _entry(self, document: dict[str, Any], mode: str, plan: search.SearchPlan | None = None) -> dict[str, Any]:
+        resource = document["resource"]
+        if plan is not None and plan.elements:
+            resource = search.apply_elements(resource, plan.elements)
+        elif plan is not None and plan.summary in ("true", "text", "data"):
+            resource = search.apply_summary(resource, plan.summary)
+        return {"fullUrl": f"{self.base_url}/{resource['resourceType']}/{resource['id']}",
+                "resource": resource, "search": {"mode": mode}}
+
+    async def search(self, resource_type: str, params: list[tuple[str, str]], *,
+                     handling: str | None = None) -> dict[str, Any]:
+        _require_type(resource_type)
+        plan = search.parse_search(resource_type, params, handling=handling)
+        self._raise_on_errors(plan)
+        total = None if plan.total == "none" else await self.store.count(resource_type, plan.filter)
+        if plan.summary == "count":
+            return self._bundle("searchset", total, [], resource_type, plan.used, 0, 0)
+        matched = await self.store.find(resource_type, plan.filter, sort=plan.sort, skip=plan.offset,
+                                        limit=plan.count)
+        entries = [self._entry(doc, "match", plan) for doc in matched]
+        entries += [self._entry(doc, "include") for doc in await self._included(resource_type, matched, plan)]
+        warnings = [i for i in plan.issues if i.severity not in ("error", "fatal")]
+        if warnings:
+            outcome = {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": [
+                ResourceIssue(i.severity, i.code, i.diagnostics, [i.expression] if i.expression else [])
+                .as_outcome_issue() for i in warnings]}
+            entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+        return self._bundle("searchset", total, entries, resource_type, plan.used, plan.count, plan.offset)
+
+    async def _included(self, resource_type: str, matched: list[dict[str, Any]],
+                        plan: search.SearchPlan) -> list[dict[str, Any]]:
+        seen = {f"{resource_type}/{doc['_id']}" for doc in matched}
+        found: list[dict[str, Any]] = []
+        wanted: dict[str, set[str]] = {}
+        for include in plan.include:
+            if include.source_type != resource_type:
+                continue
+            for doc in matched:
+                for ref in search.reference_targets(doc["resource"], resource_type, include.param):
+                    target_type, _, target_id = ref.partition("/")
+                    if include.target_type in (None, target_type) and is_supported_type(target_type):
+                        wanted.setdefault(target_type, set()).add(target_id)
+        for target_type, ids in wanted.items():
+            for doc in await self.store.find_by_ids(target_type, sorted(ids)):
+                key = f"{target_type}/{doc['_id']}"
+                if key not in seen:
+                    seen.add(key)
+                    found.append(doc)
+        matched_refs = [f"{resource_type}/{doc['_id']}" for doc in matched]
+        for include in plan.revinclude:
+            if not matched_refs or not is_supported_type(include.source_type):
+                continue
+            query = {"deleted": False, f"sp.{include.param}": {"$in": matched_refs}}
+            for doc in await self.store.find(include.source_type, query, sort=[("_id", 1)], limit=MAX_REVINCLUDE):
+                key = f"{include.source_type}/{doc['_id']}"
+                if key not in seen:
+                    seen.add(key)
+                    found.append(doc)
+        return found
+
+    # --- Patient/$everything -------------------------------------------------------------------
+
+    async def everything(self, patient_id: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+        patient = await self.read("Patient", patient_id)
+        count, offset = 50, 0
+        with _as_bad_parameter():
+            for name, value in params:
+                if name == "_count":
+                    count = search.parse_count(value)
+                elif name == "_offset":
+                    offset = search.parse_offset(value)
+        member = {"compartment": f"Patient/{patient_id}", "deleted": False}
+        # The compartment is paged across types in a fixed order, the Patient first.
+        counts = [("Patient", 1)]
+        for resource_type in RESOURCE_TYPES:
+            if resource_type != "Patient":
+                counts.append((resource_type, await self.store.count(resource_type, member)))
+        total = sum(n for _, n in counts)
+        entries, position, remaining = [], 0, count
+        for resource_type, n in counts:
+            if remaining <= 0:
+                break
+            if position + n <= offset:
+                position += n
+                continue
+            skip = max(0, offset - position)
+            if resource_type == "Patient":
+                docs = [patient]
+            else:
+                docs = await self.store.find(resource_type, member, sort=[("_id", 1)], skip=skip, limit=remaining)
+            entries += [self._entry(doc, "match") for doc in docs]
+            remaining -= len(docs)
+            position += n
+        return self._bundle("searchset", total, entries, f"Patient/{patient_id}/$everything", [], count, offset)
+
+    # --- batch and transaction Bundles -----------------------------------------------------------
+
+    async def process_bundle(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+            raise _issue(400, "invalid", "POST /fhir takes a Bundle of type batch or transaction", "Bundle")
+        kind = body.get("type")
+        if kind not in ("batch", "transaction"):
+            raise _issue(400, "value", f"Bundle.type must be batch or transaction, not {kind!r}", "Bundle.type")
+        entries = body.get("entry") or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise _issue(400, "structure", "Bundle.entry must be a list of entries", "Bundle.entry")
+        if len(entries) > MAX_BUNDLE_ENTRIES:
+            raise _issue(413, "too-costly", f"A Bundle may hold at most {MAX_BUNDLE_ENTRIES} entries", "Bundle.entry")
+        if kind == "batch":
+            return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "batch-response",
+                    "entry": [await self._batch_entry(i, entry) for i, entry in enumerate(entries)]}
+        return await self._transaction(entries)
+
+    @staticmethod
+    def _entry_request(index: int, entry: dict[str, Any]) -> tuple[str, str, str | None, str]:
+        """(method, type, id or None, query) of an entry's request."""
+        where = f"Bundle.entry[{index}].request"
+        request = entry.get("request")
+        if not isinstance(request, dict):
+            raise _issue(400, "required", "Each entry needs a request with method and url", where)
+        method = str(request.get("method", "")).upper()
+        if method not in ("GET", "POST", "PUT", "DELETE"):
+            raise _issue(400, "not-supported", f"Entry method {method or '(none)'} is not supported here",
+                         where + ".method")
+        url = str(request.get("url") or "").strip()
+        if url.startswith(("http://", "https://")):
+            url = url.split("/fhir/", 1)[-1]
+        path, _, query = url.lstrip("/").partition("?")
+        parts = [p for p in path.split("/") if p]
+        if not parts or not is_supported_type(parts[0]) or len(parts) > 2:
+            raise _issue(400, "value", f"Entry url {url!r} does not name a supported Type or Type/id", where + ".url")
+        if method in ("PUT", "DELETE") and (len(parts) != 2 or query):
+            raise _issue(400, "not-supported", f"{method} needs a url Type/id (conditional {method} is not "
+                                               "supported)", where + ".url")
+        return method, parts[0], parts[1] if len(parts) == 2 else None, query
+
+    def _write_response(self, written: Written | None, existing: dict[str, Any] | None = None) -> dict[str, Any]:
+        if written is None:
+            if existing is not None:  # If-None-Exist matched
+                return {"resource": existing, "response": {"status": "200 OK", "etag": (
+                    f'W/"{existing["meta"]["versionId"]}"'),
+                    "location": f"{existing['resourceType']}/{existing['id']}/_history/"
+                                f"{existing['meta']['versionId']}"}}
+            return {"response": {"status": "204 No Content"}}
+        response = {"status": "201 Created" if written.created else "200 OK", "etag": written.etag,
+                    "lastModified": fhir_instant(written.updated)}
+        if written.resource is None:
+            return {"response": {"status": "204 No Content", "etag": written.etag}}
+        response["location"] = written.location
+        return {"fullUrl": f"{self.base_url}/{written.resource_type}/{written.resource_id}",
+                "resource": written.resource, "response": response}
+
+    async def _read_entry(self, resource_type: str, resource_id: str | None, query: str) -> dict[str, Any]:
+        if resource_id is None:
+            bundle = await self.search(resource_type, parse_qsl(query, keep_blank_values=True))
+            return {"resource": bundle, "response": {"status": "200 OK"}}
+        document = await self.read(resource_type, resource_id)
+        return {"resource": document["resource"], "response": {"status": "200 OK", "etag": f'W/"{document["vid"]}"'}}
+
+    async def _batch_entry(self, index: int, entry: dict[str, Any]) -> dict[str, Any]:
+        try:
+            method, resource_type, resource_id, query = self._entry_request(index, entry)
+            request = entry["request"]
+            if method == "GET":
+                return await self._read_entry(resource_type, resource_id, query)
+            if method == "DELETE":
+                return self._write_response(await self.delete(resource_type, resource_id))
+            if method == "POST":
+                written, existing = await self.create(resource_type, entry.get("resource"),
+                                                      if_none_exist=request.get("ifNoneExist"))
+                return self._write_response(written, existing)
+            return self._write_response(await self.update(resource_type, resource_id, entry.get("resource"),
+                                                          if_match=request.get("ifMatch")))
+        except RecordError as exc:
+            return {"response": {"status": str(exc.status), "outcome": {
+                "resourceType": "OperationOutcome", "issue": [i.as_outcome_issue() for i in exc.issues]}}}
+
+    async def _transaction(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        """All or nothing, without multi-document transactions (FerretDB and a plain MongoDB lack them).
+
+        First every entry is checked and every resource validated, with urn:uuid references resolved, before
+        anything is written. Then the writes run in FHIR's order (DELETE, POST, PUT, GET), and if one fails
+        the ones already written are undone in reverse: created resources removed, replaced ones put back,
+        their history entries and identifier keys returned. A reader may glimpse the partial state for that
+        moment; a crash in the middle of the undo could leave it — the price of no transactions.
+        """
+        requests = [self._entry_request(i, entry) for i, entry in enumerate(entries)]
+        mapping: dict[str, str] = {}
+        assigned: dict[int, str] = {}
+        existing: dict[int, dict[str, Any]] = {}
+        for index, ((method, resource_type, resource_id, _), entry) in enumerate(zip(requests, entries)):
+            target = f"{resource_type}/{resource_id}"
+            if method == "POST":
+                condition = entry["request"].get("ifNoneExist")
+                matches = await self._conditional_matches(resource_type, condition) if condition else []
+                if len(matches) > 1:
+                    raise _issue(412, "duplicate", "ifNoneExist matched more than one resource",
+                                 f"Bundle.entry[{index}].request.ifNoneExist")
+                if matches:  # references to this entry then point at the resource that exists
+                    existing[index] = matches[0]["resource"]
+                    target = f"{resource_type}/{existing[index]['id']}"
+                else:
+                    assigned[index] = str(uuid.uuid4())
+                    target = f"{resource_type}/{assigned[index]}"
+            if method in ("POST", "PUT") and entry.get("fullUrl"):
+                mapping[entry["fullUrl"]] = target
+        resources: dict[int, dict[str, Any]] = {}
+        for index, ((method, resource_type, resource_id, _), entry) in enumerate(zip(requests, entries)):
+            if method == "PUT" or index in assigned:
+                _require_type(resource_type, writing=True)
+                resource = rewrite_references(entry.get("resource"), mapping)
+                resources[index] = validate_resource(resource, expected_type=resource_type,
+                                                     prefix=f"Bundle.entry[{index}].resource")
+                if method == "PUT" and resources[index].get("id") != resource_id:
+                    raise _issue(400, "invalid", "The resource's id must equal the id in the entry's url",
+                                 f"Bundle.entry[{index}].resource.id")
+            elif method == "DELETE":
+                _require_type(resource_type, writing=True)
+        order = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
+        done: list[Written] = []
+        responses: dict[int, dict[str, Any]] = {}
+        try:
+            for index in sorted(range(len(entries)), key=lambda i: order[requests[i][0]]):
+                method, resource_type, resource_id, query = requests[index]
+                request = entries[index]["request"]
+                try:
+                    if method == "GET":
+                        responses[index] = await self._read_entry(resource_type, resource_id, query)
+                        continue
+                    if method == "DELETE":
+                        written = await self.delete(resource_type, resource_id)
+                    elif index in existing:
+                        responses[index] = self._write_response(None, existing[index])
+                        continue
+                    elif method == "POST":
+                        written = await self._commit(resource_type, assigned[index], None, resources[index], "POST")
+                    else:
+                        written = await self.update(resource_type, resource_id, resources[index],
+                                                    if_match=request.get("ifMatch"))
+                except RecordError as exc:
+                    for issue in exc.issues:
+                        issue.expression = issue.expression or [f"Bundle.entry[{index}]"]
+                        issue.diagnostics = f"Bundle.entry[{index}]: {issue.diagnostics}"
+                    raise
+                if written is not None:
+                    done.append(written)
+                responses[index] = self._write_response(written)
+        except BaseException:
+            for written in reversed(done):
+                await self.undo(written)
+            raise
+        return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "transaction-response",
+                "entry": [responses[i] for i in range(len(entries))]}

@@ -1,0 +1,136 @@
+"""MongoDB access for the record: current versions per resource type, every version in one history, identifier keys.
+
+The only module of the record that names collections. Every write is a single-document atomic operation,
+so the same code runs on MongoDB and on FerretDB.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from motor.motor_asyncio import AsyncIOMotorDatabase
+from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import DuplicateKeyError
+
+from ehr.models import RESOURCE_TYPES
+from ehr.search import SEARCH_PARAMETERS
+
+HISTORY = "resource_history"
+IDENTIFIER_KEYS = "identifier_keys"
+
+
+def history_id(resource_type: str, resource_id: str, version: int) -> str:
+    return f"{resource_type}/{resource_id}/{version}"
+
+
+async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
+    """Indexes for every supported search parameter, the compartment and the history (idempotent)."""
+    for resource_type in RESOURCE_TYPES:
+        collection = db[resource_type]
+        await collection.create_index([("updated", DESCENDING)], name="updated")
+        await collection.create_index([("compartment", ASCENDING)], name="compartment")
+        for name in SEARCH_PARAMETERS.get(resource_type, {}):
+            if name.startswith("_"):
+                continue  # _id and _lastUpdated use the _id and updated fields indexed above
+            await collection.create_index([(f"sp.{name}", ASCENDING)], name=f"sp_{name}")
+    history = db[HISTORY]
+    await history.create_index([("type", ASCENDING), ("id", ASCENDING), ("vid", DESCENDING)], name="instance")
+    await history.create_index([("type", ASCENDING), ("updated", DESCENDING)], name="type_updated")
+    await history.create_index([("updated", DESCENDING)], name="updated")
+
+
+class RecordStore:
+    """Reads and single-document writes of FHIR resource documents.
+
+    A current-version document is {_id, vid, updated, deleted, resource, sp, so, compartment};
+    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource}.
+    """
+
+    def __init__(self, db: AsyncIOMotorDatabase):
+        self.db = db
+
+    # --- current versions ---------------------------------------------------------------------
+
+    async def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
+        return await self.db[resource_type].find_one({"_id": resource_id})
+
+    async def insert_first_version(self, resource_type: str, document: dict[str, Any]) -> bool:
+        """False when a document with that id already exists (a concurrent create won)."""
+        try:
+            await self.db[resource_type].insert_one(document)
+            return True
+        except DuplicateKeyError:
+            return False
+
+    async def replace_if_version(self, resource_type: str, resource_id: str, expected_vid: int,
+                                 document: dict[str, Any]) -> bool:
+        """Replace the current version only if it is still `expected_vid` (optimistic lock)."""
+        result = await self.db[resource_type].replace_one({"_id": resource_id, "vid": expected_vid}, document)
+        return result.matched_count == 1
+
+    async def restore(self, resource_type: str, previous: dict[str, Any] | None, resource_id: str) -> None:
+        """Undo a write of this request: put back the previous document, or remove a created one."""
+        if previous is None:
+            await self.db[resource_type].delete_one({"_id": resource_id})
+        else:
+            await self.db[resource_type].replace_one({"_id": resource_id}, previous)
+
+    async def find(self, resource_type: str, query: dict[str, Any], *, sort: list[tuple[str, int]],
+                   skip: int = 0, limit: int = 20) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        cursor = self.db[resource_type].find(query, sort=sort, skip=skip, limit=limit)
+        return await cursor.to_list(length=limit)
+
+    async def count(self, resource_type: str, query: dict[str, Any]) -> int:
+        return await self.db[resource_type].count_documents(query)
+
+    async def find_by_ids(self, resource_type: str, ids: list[str]) -> list[dict[str, Any]]:
+        if not ids:
+            return []
+        cursor = self.db[resource_type].find({"_id": {"$in": ids}, "deleted": False})
+        return await cursor.to_list(length=len(ids))
+
+    # --- history --------------------------------------------------------------------------------
+
+    async def add_history(self, resource_type: str, resource_id: str, vid: int, updated: datetime, method: str,
+                          resource: dict[str, Any] | None) -> None:
+        entry = {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
+                 "vid": vid, "updated": updated, "method": method, "resource": resource}
+        # An upsert, so a retried write after a lost reply does not fail on its own earlier entry.
+        await self.db[HISTORY].replace_one({"_id": entry["_id"]}, entry, upsert=True)
+
+    async def remove_history(self, resource_type: str, resource_id: str, vid: int) -> None:
+        await self.db[HISTORY].delete_one({"_id": history_id(resource_type, resource_id, vid)})
+
+    async def get_version(self, resource_type: str, resource_id: str, vid: int) -> dict[str, Any] | None:
+        return await self.db[HISTORY].find_one({"_id": history_id(resource_type, resource_id, vid)})
+
+    async def history(self, query: dict[str, Any], *, skip: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        total = await self.db[HISTORY].count_documents(query)
+        if limit <= 0:
+            return [], total
+        cursor = self.db[HISTORY].find(query, sort=[("updated", DESCENDING), ("_id", DESCENDING)],
+                                       skip=skip, limit=limit)
+        return await cursor.to_list(length=limit), total
+
+    # --- identifier keys: one resource per (system, value) -------------------------------------
+
+    async def claim_identifier(self, key: str, owner: str) -> str | None:
+        """Claim `system|value` for `owner` ("Type/id"); returns the other owner when taken."""
+        try:
+            await self.db[IDENTIFIER_KEYS].insert_one({"_id": key, "owner": owner})
+            return None
+        except DuplicateKeyError:
+            existing = await self.db[IDENTIFIER_KEYS].find_one({"_id": key})
+            if existing is None:  # released between our insert and this read: try once more
+                return await self.claim_identifier(key, owner)
+            return None if existing["owner"] == owner else existing["owner"]
+
+    async def release_identifier(self, key: str, owner: str) -> None:
+        await self.db[IDENTIFIER_KEYS].delete_one({"_id": key, "owner": owner})
+
+    async def identifier_owner(self, key: str) -> str | None:
+        found = await self.db[IDENTIFIER_KEYS].find_one({"_id": key})
+        return found["owner"] if found else None
