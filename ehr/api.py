@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -71,7 +72,9 @@ def _handling(request: Request) -> str | None:
     return None
 
 
-def _version_headers(vid: int, updated) -> dict[str, str]:
+def _version_headers(vid: int, updated: datetime) -> dict[str, str]:
+    # The HTTP date format takes only datetime.UTC; stored datetimes carry bson's own UTC (or none).
+    updated = updated.replace(tzinfo=UTC) if updated.tzinfo is None else updated.astimezone(UTC)
     return {"ETag": f'W/"{vid}"', "Last-Modified": format_datetime(updated, usegmt=True)}
 
 

@@ -54,6 +54,10 @@ def _resources() -> list[dict[str, Any]]:
             entry["operation"] = [{"name": "everything",
                                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
         resources.append(entry)
+    # The province's profiles and extensions are served read-only at /fhir/StructureDefinition/{id}.
+    resources.append({"type": "StructureDefinition", "interaction": [{"code": "read"}],
+                      "documentation": "Qilu's profiles and extensions: "
+                                       + ", ".join(sorted(load_structure_definitions()))})
     return resources
 
 

@@ -113,8 +113,8 @@ def validate_resource(body: Any, *, expected_type: str | None = None, prefix: st
         raise RecordError(400, at(_model_issues(resource_type, exc))) from None
     except (TypeError, ValueError) as exc:  # the models raise these for some malformed primitives
         raise RecordError(400, at([ResourceIssue("error", "value", str(exc)[:500], [resource_type])])) from None
-    profile_issues = [ResourceIssue(i.severity, i.code, i.diagnostics, [i.expression] if i.expression else [])
-                      for i in check_resource(body)]
+    # A rule about two elements names both, one FHIRPath per expression item.
+    profile_issues = [ResourceIssue(i.severity, i.code, i.diagnostics, i.expressions) for i in check_resource(body)]
     errors = [i for i in profile_issues if i.severity in ("error", "fatal")]
     if errors:
         raise RecordError(422, at(errors))

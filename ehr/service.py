@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -24,6 +24,8 @@ UNIQUE_IDENTIFIER_SYSTEMS: dict[str, frozenset[str]] = {
 }
 MAX_REVINCLUDE = 1000
 MAX_BUNDLE_ENTRIES = 1000
+# A version or identifier claim whose write has not finished this long after was left by a writer that died.
+ABANDONED_WRITE_AFTER = timedelta(seconds=30)
 
 
 def now_utc() -> datetime:
@@ -54,7 +56,7 @@ def parse_etag(value: str | None) -> int | None:
     """`W/"3"` (or `"3"`, or `3`) -> 3."""
     if value is None:
         return None
-    text = value.strip()
+    text = value.strip() if isinstance(value, str) else ""  # a Bundle's ifMatch may be any JSON
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
@@ -153,32 +155,61 @@ class RecordService:
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
         claimed: list[str] = []
+        conflict = _issue(409, "conflict", f"{owner} was changed by someone else at the same moment; "
+                                           "read it again and retry")
+        version_claimed = False
+        write_id = uuid.uuid4().hex
         try:
             for key in sorted(new_keys - old_keys):
-                if await self.store.claim_identifier(key, owner) is not None:
+                holder = await self.store.claim_identifier(key, owner, write_id, updated - ABANDONED_WRITE_AFTER)
+                if holder == owner:  # another write of this same resource is taking the identifier right now
+                    raise conflict
+                if holder is not None:
                     system = key.split("|")[1]
                     raise _issue(409, "duplicate",
                                  f"Another {resource_type} already holds this identifier (system {system})",
                                  f"{resource_type}.identifier")
                 claimed.append(key)
+            # The history entry goes first: its insert is what only one writer of this version can do.
+            if not await self.store.claim_version(resource_type, resource_id, vid, updated, method, resource,
+                                                  write_id):
+                await self._finish_abandoned_write(resource_type, resource_id, vid)
+                raise conflict
+            version_claimed = True
             document = self._document(resource_type, resource_id, vid, updated, resource)
             if previous is None:
                 ok = await self.store.insert_first_version(resource_type, document)
             else:
                 ok = await self.store.replace_if_version(resource_type, resource_id, previous["vid"], document)
             if not ok:
-                raise _issue(409, "conflict", f"{owner} was changed by someone else at the same moment; "
-                                              "read it again and retry")
+                raise conflict
         except BaseException:
+            if version_claimed:
+                await self.store.remove_history(resource_type, resource_id, vid)
             for key in claimed:
-                await self.store.release_identifier(key, owner)
+                await self.store.release_identifier(key, owner, write_id)
             raise
-        await self.store.add_history(resource_type, resource_id, vid, updated, method, resource)
         released = sorted(old_keys - new_keys)
         for key in released:
             await self.store.release_identifier(key, owner)
         return Written(resource_type, resource_id, vid, updated, resource, previous is None or previous["deleted"],
                        previous, claimed, released)
+
+    async def _finish_abandoned_write(self, resource_type: str, resource_id: str, vid: int) -> None:
+        """Roll the current version forward to history entry `vid` when its writer stopped between its two
+        steps (the entry is old and the current document never reached it), so the record is not stuck.
+        Every caller builds the same document from the same entry, so racing callers agree."""
+        entry = await self.store.get_version(resource_type, resource_id, vid)
+        current = await self.store.get(resource_type, resource_id)
+        if entry is None or (current is not None and current["vid"] >= vid):
+            return
+        if now_utc() - entry["updated"] < ABANDONED_WRITE_AFTER:
+            return  # most likely a writer still between its two steps
+        document = self._document(resource_type, resource_id, vid, entry["updated"], entry["resource"])
+        if current is None:
+            await self.store.insert_first_version(resource_type, document)
+        else:
+            await self.store.replace_if_version(resource_type, resource_id, vid - 1, document)
 
     async def undo(self, written: Written) -> None:
         """Put back what a write replaced (used to roll a transaction back)."""
@@ -207,6 +238,8 @@ class RecordService:
         return await self._commit(resource_type, resource_id or str(uuid.uuid4()), None, resource, "POST"), None
 
     async def _conditional_matches(self, resource_type: str, criteria: str) -> list[dict[str, Any]]:
+        if not isinstance(criteria, str):
+            raise _issue(400, "invalid", "If-None-Exist is a search query such as identifier=system|value")
         plan = search.parse_search(resource_type, parse_qsl(criteria.lstrip("?"), keep_blank_values=True),
                                    handling="strict")
         self._raise_on_errors(plan)
@@ -323,13 +356,14 @@ class RecordService:
                                                   [i.expression] if i.expression else []) for i in errors])
 
     def _bundle(self, kind: str, total: int | None, entries: list[dict[str, Any]], path: str,
-                used: list[tuple[str, str]], count: int, offset: int) -> dict[str, Any]:
+                used: list[tuple[str, str]], count: int, offset: int, more: bool = False) -> dict[str, Any]:
+        """`more` says a next page exists when there is no total to tell (_total=none)."""
         def link(relation: str, at: int) -> dict[str, str]:
             query = urlencode([*used, ("_count", str(count)), ("_offset", str(at))])
             return {"relation": relation, "url": f"{self.base_url}/{path}?{query}"}
 
         links = [link("self", offset)]
-        if total is not None and count > 0 and offset + count < total:
+        if count > 0 and (offset + count < total if total is not None else more):
             links.append(link("next", offset + count))
         if offset > 0 and count > 0:
             links.append(link("previous", max(0, offset - count)))
@@ -359,8 +393,12 @@ class RecordService:
         total = None if plan.total == "none" else await self.store.count(resource_type, plan.filter)
         if plan.summary == "count":
             return self._bundle("searchset", total, [], resource_type, plan.used, 0, 0)
+        # Without a total, one row more than the page shows whether a next page exists.
+        extra = 1 if total is None and plan.count > 0 else 0
         matched = await self.store.find(resource_type, plan.filter, sort=plan.sort, skip=plan.offset,
-                                        limit=plan.count)
+                                        limit=plan.count + extra)
+        more = len(matched) > plan.count
+        matched = matched[:plan.count]
         entries = [self._entry(doc, "match", plan) for doc in matched]
         entries += [self._entry(doc, "include") for doc in await self._included(resource_type, matched, plan)]
         warnings = [i for i in plan.issues if i.severity not in ("error", "fatal")]
@@ -369,7 +407,7 @@ class RecordService:
                 ResourceIssue(i.severity, i.code, i.diagnostics, [i.expression] if i.expression else [])
                 .as_outcome_issue() for i in warnings]}
             entries.append({"resource": outcome, "search": {"mode": "outcome"}})
-        return self._bundle("searchset", total, entries, resource_type, plan.used, plan.count, plan.offset)
+        return self._bundle("searchset", total, entries, resource_type, plan.used, plan.count, plan.offset, more)
 
     async def _included(self, resource_type: str, matched: list[dict[str, Any]],
                         plan: search.SearchPlan) -> list[dict[str, Any]]:
@@ -547,6 +585,8 @@ class RecordService:
                     assigned[index] = str(uuid.uuid4())
                     target = f"{resource_type}/{assigned[index]}"
             if method in ("POST", "PUT") and entry.get("fullUrl"):
+                if not isinstance(entry["fullUrl"], str):
+                    raise _issue(400, "structure", "fullUrl is a URI string", f"Bundle.entry[{index}].fullUrl")
                 mapping[entry["fullUrl"]] = target
         resources: dict[int, dict[str, Any]] = {}
         for index, ((method, resource_type, resource_id, _), entry) in enumerate(zip(requests, entries)):

@@ -6,7 +6,7 @@ so the same code runs on MongoDB and on FerretDB.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
@@ -44,7 +44,7 @@ class RecordStore:
     """Reads and single-document writes of FHIR resource documents.
 
     A current-version document is {_id, vid, updated, deleted, resource, sp, so, compartment};
-    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource}.
+    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource, write}.
     """
 
     def __init__(self, db: AsyncIOMotorDatabase):
@@ -94,12 +94,23 @@ class RecordStore:
 
     # --- history --------------------------------------------------------------------------------
 
-    async def add_history(self, resource_type: str, resource_id: str, vid: int, updated: datetime, method: str,
-                          resource: dict[str, Any] | None) -> None:
+    async def claim_version(self, resource_type: str, resource_id: str, vid: int, updated: datetime, method: str,
+                            resource: dict[str, Any] | None, write_id: str) -> bool:
+        """Insert the history entry of version `vid`; False when another write already holds that version.
+
+        This insert is the atomic step of every write: FerretDB runs a conditional replace or
+        find_one_and_update as read-then-write, so two writers that read the same version could both
+        "win" it, but only one of them can insert the unique _id "Type/id/vid".
+        """
         entry = {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
-                 "vid": vid, "updated": updated, "method": method, "resource": resource}
-        # An upsert, so a retried write after a lost reply does not fail on its own earlier entry.
-        await self.db[HISTORY].replace_one({"_id": entry["_id"]}, entry, upsert=True)
+                 "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id}
+        try:
+            await self.db[HISTORY].insert_one(entry)
+            return True
+        except DuplicateKeyError:
+            # A retried insert after a lost reply meets its own entry: that is still ours.
+            existing = await self.db[HISTORY].find_one({"_id": entry["_id"]}, {"write": 1})
+            return existing is not None and existing.get("write") == write_id
 
     async def remove_history(self, resource_type: str, resource_id: str, vid: int) -> None:
         await self.db[HISTORY].delete_one({"_id": history_id(resource_type, resource_id, vid)})
@@ -117,19 +128,36 @@ class RecordStore:
 
     # --- identifier keys: one resource per (system, value) -------------------------------------
 
-    async def claim_identifier(self, key: str, owner: str) -> str | None:
-        """Claim `system|value` for `owner` ("Type/id"); returns the other owner when taken."""
+    async def claim_identifier(self, key: str, owner: str, write_id: str | None = None,
+                               stale_before: datetime | None = None) -> str | None:
+        """Claim `system|value` for `owner` ("Type/id"); returns the other owner when taken.
+
+        With `write_id` the claim is that one write's, and only that write releases it on failure: a key
+        `owner` already holds through another write still under way is reported as taken by `owner`
+        itself, unless that claim is older than `stale_before` (its write died), when it is taken over.
+        """
         try:
-            await self.db[IDENTIFIER_KEYS].insert_one({"_id": key, "owner": owner})
+            await self.db[IDENTIFIER_KEYS].insert_one({"_id": key, "owner": owner, "write": write_id,
+                                                       "at": datetime.now(UTC)})
             return None
         except DuplicateKeyError:
             existing = await self.db[IDENTIFIER_KEYS].find_one({"_id": key})
             if existing is None:  # released between our insert and this read: try once more
-                return await self.claim_identifier(key, owner)
-            return None if existing["owner"] == owner else existing["owner"]
+                return await self.claim_identifier(key, owner, write_id, stale_before)
+            if existing["owner"] != owner:
+                return existing["owner"]
+            if write_id is None or existing.get("write") in (None, write_id):
+                return None
+            if stale_before is not None and existing["at"] < stale_before:
+                await self.db[IDENTIFIER_KEYS].update_one({"_id": key, "owner": owner},
+                                                          {"$set": {"write": write_id, "at": datetime.now(UTC)}})
+                return None
+            return owner
 
-    async def release_identifier(self, key: str, owner: str) -> None:
-        await self.db[IDENTIFIER_KEYS].delete_one({"_id": key, "owner": owner})
+    async def release_identifier(self, key: str, owner: str, write_id: str | None = None) -> None:
+        """Give the key up; with `write_id`, only if that write made the claim."""
+        query = {"_id": key, "owner": owner} if write_id is None else {"_id": key, "owner": owner, "write": write_id}
+        await self.db[IDENTIFIER_KEYS].delete_one(query)
 
     async def identifier_owner(self, key: str) -> str | None:
         found = await self.db[IDENTIFIER_KEYS].find_one({"_id": key})
