@@ -8,14 +8,28 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import io
+from typing import Literal
+
+import segno
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
+from ehr.access import Reach
 from ehr.capability import capability_statement
+from ehr.cards import CardRefused, CardService
 from ehr.models import RecordError
 from ehr.service import RecordService, Written
 from ehr.store import RecordStore
 from fhir_profiles.structure_definitions import load_structure_definitions
+from qilu.audit import OUTCOME_MINOR, OUTCOME_SERIOUS, record_access
+from qilu.auth import Caller, CurrentCaller
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
@@ -35,8 +49,29 @@ async def record_error_handler(request: Request, exc: RecordError) -> Response:
     return FhirResponse(outcome, status_code=exc.status, headers=exc.headers)
 
 
-def record_service(request: Request) -> RecordService:
-    return RecordService(RecordStore(request.app.state.db), str(request.base_url).rstrip("/") + "/fhir")
+def record_service(request: Request, caller: Caller) -> RecordService:
+    reach = Reach(caller, RecordStore(request.app.state.db), request.app.state.shared_patients)
+    return RecordService(reach.store, str(request.base_url).rstrip("/") + "/fhir", reach)
+
+
+async def audited(request: Request, caller: Caller, service: RecordService, interaction: str, work: Awaitable[T],
+                  *, attempted: str | None = None, search: bool = False) -> T:
+    """Run one interaction and write its AuditEvent before the response leaves, whatever the outcome.
+
+    A refused or failed request is traced with what was asked for, never with what it would have shown.
+    """
+    try:
+        result = await work
+    except RecordError as exc:
+        await record_access(request, caller, interaction, entities=[attempted] if attempted else [], patients=[],
+                            outcome=OUTCOME_MINOR if exc.status < 500 else OUTCOME_SERIOUS,
+                            description=exc.issues[0].diagnostics if exc.issues else "", query=(
+                                request.url.query if search else None))
+        raise
+    entities = [] if search else list(dict.fromkeys(service.touched))
+    await record_access(request, caller, interaction, entities=entities[:100],
+                        patients=sorted(service.touched_patients), query=request.url.query if search else None)
+    return result
 
 
 async def read_json_body(request: Request) -> Any:
@@ -93,6 +128,7 @@ def _written_response(request: Request, written: Written, status: int) -> Respon
 
 
 # --- whole-server interactions (declared before the /{type} routes they would otherwise match) -------
+# metadata and the StructureDefinitions are public, as FHIR clients discover a server before logging in.
 
 
 @router.get("/metadata")
@@ -101,9 +137,11 @@ async def metadata(request: Request) -> Response:
 
 
 @router.post("")
-async def batch_or_transaction(request: Request) -> Response:
+async def batch_or_transaction(request: Request, caller: CurrentCaller) -> Response:
     body = await read_json_body(request)
-    return FhirResponse(await record_service(request).process_bundle(body))
+    service = record_service(request, caller)
+    kind = body.get("type") if isinstance(body, dict) and body.get("type") in ("batch", "transaction") else "batch"
+    return FhirResponse(await audited(request, caller, service, kind, service.process_bundle(body)))
 
 
 @router.get("/StructureDefinition")
@@ -124,73 +162,183 @@ async def read_structure_definition(definition_id: str) -> Response:
 
 
 @router.get("/Patient/{patient_id}/$everything")
-async def patient_everything(patient_id: str, request: Request) -> Response:
-    return FhirResponse(await record_service(request).everything(patient_id, _query(request)))
+async def patient_everything(patient_id: str, request: Request, caller: CurrentCaller) -> Response:
+    service = record_service(request, caller)
+    bundle = await audited(request, caller, service, "everything", service.everything(patient_id, _query(request)),
+                           attempted=f"Patient/{patient_id}")
+    return FhirResponse(bundle)
 
 
 # --- type and instance interactions ------------------------------------------------------------------
 
 
 @router.get("/{resource_type}/_history")
-async def type_history(resource_type: str, request: Request) -> Response:
-    return FhirResponse(await record_service(request).history(resource_type, None, _query(request)))
-
-
-@router.get("/{resource_type}/{resource_id}/_history")
-async def instance_history(resource_type: str, resource_id: str, request: Request) -> Response:
-    return FhirResponse(await record_service(request).history(resource_type, resource_id, _query(request)))
-
-
-@router.get("/{resource_type}/{resource_id}/_history/{version_id}")
-async def vread(resource_type: str, resource_id: str, version_id: str, request: Request) -> Response:
-    entry = await record_service(request).vread(resource_type, resource_id, version_id)
-    return FhirResponse(entry["resource"], headers=_version_headers(entry["vid"], entry["updated"]))
-
-
-@router.get("/{resource_type}")
-async def search_type(resource_type: str, request: Request) -> Response:
-    bundle = await record_service(request).search(resource_type, _query(request), handling=_handling(request))
+async def type_history(resource_type: str, request: Request, caller: CurrentCaller) -> Response:
+    service = record_service(request, caller)
+    bundle = await audited(request, caller, service, "history-type",
+                           service.history(resource_type, None, _query(request)), search=True)
     return FhirResponse(bundle)
 
 
+@router.get("/{resource_type}/{resource_id}/_history")
+async def instance_history(resource_type: str, resource_id: str, request: Request, caller: CurrentCaller) -> Response:
+    service = record_service(request, caller)
+    bundle = await audited(request, caller, service, "history-instance",
+                           service.history(resource_type, resource_id, _query(request)),
+                           attempted=f"{resource_type}/{resource_id}")
+    return FhirResponse(bundle)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version_id}")
+async def vread(resource_type: str, resource_id: str, version_id: str, request: Request,
+                caller: CurrentCaller) -> Response:
+    service = record_service(request, caller)
+    entry = await audited(request, caller, service, "vread", service.vread(resource_type, resource_id, version_id),
+                          attempted=f"{resource_type}/{resource_id}")
+    return FhirResponse(entry["resource"], headers=_version_headers(entry["vid"], entry["updated"]))
+
+
+async def _search(request: Request, caller: Caller, resource_type: str, params: list[tuple[str, str]]) -> Response:
+    service = record_service(request, caller)
+    bundle = await audited(request, caller, service, "search-type",
+                           service.search(resource_type, params, handling=_handling(request)), search=True)
+    return FhirResponse(bundle)
+
+
+@router.get("/{resource_type}")
+async def search_type(resource_type: str, request: Request, caller: CurrentCaller) -> Response:
+    return await _search(request, caller, resource_type, _query(request))
+
+
 @router.post("/{resource_type}/_search")
-async def search_type_post(resource_type: str, request: Request) -> Response:
+async def search_type_post(resource_type: str, request: Request, caller: CurrentCaller) -> Response:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in ("application/x-www-form-urlencoded", ""):
         raise RecordError.single(415, "not-supported", "POST _search takes application/x-www-form-urlencoded")
     form = parse_qsl((await request.body()).decode("utf-8", errors="replace"), keep_blank_values=True)
-    bundle = await record_service(request).search(resource_type, _query(request) + form, handling=_handling(request))
-    return FhirResponse(bundle)
+    return await _search(request, caller, resource_type, _query(request) + form)
 
 
 @router.post("/{resource_type}")
-async def create(resource_type: str, request: Request) -> Response:
+async def create(resource_type: str, request: Request, caller: CurrentCaller) -> Response:
     body = await read_json_body(request)
-    service = record_service(request)
-    written, existing = await service.create(resource_type, body, if_none_exist=request.headers.get("if-none-exist"))
+    service = record_service(request, caller)
+    written, existing = await audited(request, caller, service, "create", service.create(
+        resource_type, body, if_none_exist=request.headers.get("if-none-exist")))
     if existing is not None:
-        document = await service.read(resource_type, existing["id"])
+        document = await service.store.get(resource_type, existing["id"])
         return FhirResponse(existing, status_code=200, headers=_version_headers(document["vid"], document["updated"]))
     return _written_response(request, written, 201)
 
 
 @router.get("/{resource_type}/{resource_id}")
-async def read(resource_type: str, resource_id: str, request: Request) -> Response:
-    document = await record_service(request).read(resource_type, resource_id)
+async def read(resource_type: str, resource_id: str, request: Request, caller: CurrentCaller) -> Response:
+    service = record_service(request, caller)
+    document = await audited(request, caller, service, "read", service.read(resource_type, resource_id),
+                             attempted=f"{resource_type}/{resource_id}")
     return FhirResponse(document["resource"], headers=_version_headers(document["vid"], document["updated"]))
 
 
 @router.put("/{resource_type}/{resource_id}")
-async def update(resource_type: str, resource_id: str, request: Request) -> Response:
+async def update(resource_type: str, resource_id: str, request: Request, caller: CurrentCaller) -> Response:
     body = await read_json_body(request)
-    written = await record_service(request).update(resource_type, resource_id, body,
-                                                  if_match=request.headers.get("if-match"))
+    service = record_service(request, caller)
+    written = await audited(request, caller, service, "update", service.update(
+        resource_type, resource_id, body, if_match=request.headers.get("if-match")),
+        attempted=f"{resource_type}/{resource_id}")
     return _written_response(request, written, 201 if written.created else 200)
 
 
 @router.delete("/{resource_type}/{resource_id}")
-async def delete(resource_type: str, resource_id: str, request: Request) -> Response:
-    written = await record_service(request).delete(resource_type, resource_id)
+async def delete(resource_type: str, resource_id: str, request: Request, caller: CurrentCaller) -> Response:
+    service = record_service(request, caller)
+    written = await audited(request, caller, service, "delete", service.delete(resource_type, resource_id),
+                            attempted=f"{resource_type}/{resource_id}")
     headers = {"ETag": written.etag} if written else {}
     return Response(status_code=204, headers=headers)
 
+
+# --- e-health cards (/api/cards; problem JSON, not FHIR) -------------------------------------------
+
+cards_router = APIRouter(prefix="/api/cards", tags=["cards"])
+
+
+class CardIssueRequest(BaseModel):
+    patient: str = Field(min_length=1, max_length=80, description="Patient/{id} or the id")
+    national_id: str = Field(min_length=15, max_length=18)
+    name: str = Field(min_length=1, max_length=60)
+
+
+class CardVerifyRequest(BaseModel):
+    token: str = Field(min_length=1, max_length=4096)
+
+
+async def card_refused_handler(request: Request, exc: CardRefused) -> Response:
+    return JSONResponse({"type": f"https://qilu.example.org/problems/{exc.code}", "title": "Card request refused",
+                         "status": exc.status, "detail": exc.detail, "code": exc.code,
+                         "instance": request.url.path}, status_code=exc.status,
+                        media_type="application/problem+json")
+
+
+def card_service(request: Request) -> CardService:
+    state = request.app.state
+    return CardService(RecordService(RecordStore(state.db), str(request.base_url).rstrip("/") + "/fhir"),
+                       state.redis, state.keys.card_key, state.settings.token_issuer)
+
+
+@cards_router.post("", status_code=201)
+async def issue_card(body: CardIssueRequest, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+    card = await card_service(request).issue(caller, body.patient, body.national_id, body.name)
+    await record_access(request, caller, "card-issue", entities=[f"Basic/{card['id']}"], patients=[card["patient"]])
+    return card
+
+
+@cards_router.get("/mine")
+async def my_card(request: Request, caller: CurrentCaller) -> dict[str, Any]:
+    card = await card_service(request).card_of_patient(caller)
+    if card is None:
+        raise CardRefused(404, "card-unknown", "You have no e-health card yet")
+    return card
+
+
+@cards_router.post("/verify")
+async def verify_card(body: CardVerifyRequest, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+    try:
+        identity = await card_service(request).verify(caller, body.token)
+    except CardRefused as refused:
+        await record_access(request, caller, "card-verify", entities=[], patients=[], outcome=OUTCOME_MINOR,
+                            description=refused.code)
+        raise
+    await record_access(request, caller, "card-verify", entities=[f"Basic/{identity['card']['id']}"],
+                        patients=[identity["patient"]])
+    return identity
+
+
+@cards_router.get("/{card_id}")
+async def read_card(card_id: str, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+    return await card_service(request).get(caller, card_id)
+
+
+@cards_router.get("/{card_id}/qr")
+async def card_qr(card_id: str, request: Request, caller: CurrentCaller) -> Response:
+    token, expires = await card_service(request).qr_token(caller, card_id)
+    accept = request.headers.get("accept", "")
+    headers = {"Cache-Control": "no-store", "X-Card-Token-Expires": str(expires)}
+    if "application/json" in accept:
+        return JSONResponse({"token": token, "expires": expires}, headers=headers)
+    qr = segno.make(token, error="m")
+    buffer = io.BytesIO()
+    if "image/svg+xml" in accept:
+        qr.save(buffer, kind="svg", scale=4, border=2, title="电子健康卡 e-health card")
+        return Response(buffer.getvalue(), media_type="image/svg+xml", headers=headers)
+    qr.save(buffer, kind="png", scale=6, border=2)
+    return Response(buffer.getvalue(), media_type="image/png", headers=headers)
+
+
+@cards_router.post("/{card_id}/{action}")
+async def change_card_status(card_id: str, action: Literal["revoke", "suspend", "reactivate"], request: Request,
+                             caller: CurrentCaller) -> dict[str, Any]:
+    card = await card_service(request).change_status(caller, card_id, action)
+    await record_access(request, caller, "card-status", entities=[f"Basic/{card_id}"], patients=[card["patient"]],
+                        description=action)
+    return card

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from ehr import search
+from ehr.access import Reach
 from ehr.models import RESOURCE_TYPES, READ_ONLY_TYPES, RecordError, ResourceIssue, is_supported_type, \
     validate_resource
 from ehr.store import RecordStore
@@ -21,6 +22,8 @@ UNIQUE_IDENTIFIER_SYSTEMS: dict[str, frozenset[str]] = {
     "Patient": frozenset({NATIONAL_ID_SYSTEM, EHEALTH_CARD_SYSTEM}),
     "Organization": frozenset({USCC_SYSTEM}),
     "Practitioner": frozenset({PRACTITIONER_NUMBER_SYSTEM}),
+    # The card's own number: unique, and its key is how a scanned card is found in one lookup.
+    "Basic": frozenset({EHEALTH_CARD_SYSTEM}),
 }
 MAX_REVINCLUDE = 1000
 MAX_BUNDLE_ENTRIES = 1000
@@ -40,6 +43,11 @@ def fhir_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def identifier_key(resource_type: str, system: str, value: str) -> str:
+    """The key collection's _id for one identifier of one resource type."""
+    return f"{resource_type}|{system}|{value.upper() if system == NATIONAL_ID_SYSTEM else value}"
+
+
 def unique_identifier_keys(resource: dict[str, Any] | None) -> set[str]:
     if not resource:
         return set()
@@ -47,8 +55,7 @@ def unique_identifier_keys(resource: dict[str, Any] | None) -> set[str]:
     keys = set()
     for identifier in resource.get("identifier") or []:
         if isinstance(identifier, dict) and identifier.get("system") in systems and identifier.get("value"):
-            value = identifier["value"].upper() if identifier["system"] == NATIONAL_ID_SYSTEM else identifier["value"]
-            keys.add(f"{resource['resourceType']}|{identifier['system']}|{value}")
+            keys.add(identifier_key(resource["resourceType"], identifier["system"], identifier["value"]))
     return keys
 
 
@@ -128,17 +135,40 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> Any:
 
 
 class RecordService:
-    def __init__(self, store: RecordStore, base_url: str):
+    def __init__(self, store: RecordStore, base_url: str, reach: Reach | None = None):
+        """`reach` is the caller's; without one the service acts as the system (other services, workers)."""
         self.store = store
         self.base_url = base_url.rstrip("/")
+        self.reach = reach
+        # What this request touched, for its one AuditEvent: resource references and the patients concerned.
+        self.touched: list[str] = []
+        self.touched_patients: set[str] = set()
+
+    def _touch(self, resource_type: str, document: dict[str, Any]) -> None:
+        if self.reach is None:
+            return  # the system's long-lived services keep no per-request trace (it would only grow)
+        self.touched.append(f"{resource_type}/{document['_id']}")
+        self.touched_patients.update(document.get("compartment") or [])
+
+    async def _check_read(self, resource_type: str, document: dict[str, Any]) -> None:
+        if self.reach is not None:
+            await self.reach.check_read(resource_type, document)
+
+    async def _reach_filter(self, resource_type: str, query: dict[str, Any]) -> dict[str, Any]:
+        extra = await self.reach.search_filter(resource_type) if self.reach is not None else None
+        return query if extra is None else {"$and": [query, extra]}
 
     # --- the single write path ------------------------------------------------------------------
 
     def _document(self, resource_type: str, resource_id: str, vid: int, updated: datetime,
-                  resource: dict[str, Any] | None) -> dict[str, Any]:
-        if resource is None:  # a delete keeps the last content for nothing but its id
+                  resource: dict[str, Any] | None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+        if resource is None:
+            # A tombstone keeps what it was indexed by (searches skip it by `deleted`), so the access
+            # rules judge it as they judged the resource: who could not see it cannot learn it existed.
+            previous = previous or {}
             return {"_id": resource_id, "vid": vid, "updated": updated, "deleted": True, "resource": None,
-                    "sp": {}, "so": {}, "compartment": []}
+                    "sp": previous.get("sp", {}), "so": previous.get("so", {}),
+                    "compartment": previous.get("compartment", [])}
         sp, so, compartment = search.index_resource(resource)
         return {"_id": resource_id, "vid": vid, "updated": updated, "deleted": False, "resource": resource,
                 "sp": sp, "so": so, "compartment": compartment}
@@ -152,6 +182,9 @@ class RecordService:
             resource = {**resource, "id": resource_id,
                         "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
         owner = f"{resource_type}/{resource_id}"
+        document = self._document(resource_type, resource_id, vid, updated, resource, previous)
+        if self.reach is not None:
+            await self.reach.check_write(resource_type, resource, previous, document["compartment"])
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
         claimed: list[str] = []
@@ -172,11 +205,10 @@ class RecordService:
                 claimed.append(key)
             # The history entry goes first: its insert is what only one writer of this version can do.
             if not await self.store.claim_version(resource_type, resource_id, vid, updated, method, resource,
-                                                  write_id):
+                                                  write_id, document["compartment"]):
                 await self._finish_abandoned_write(resource_type, resource_id, vid)
                 raise conflict
             version_claimed = True
-            document = self._document(resource_type, resource_id, vid, updated, resource)
             if previous is None:
                 ok = await self.store.insert_first_version(resource_type, document)
             else:
@@ -192,6 +224,11 @@ class RecordService:
         released = sorted(old_keys - new_keys)
         for key in released:
             await self.store.release_identifier(key, owner)
+        self._touch(resource_type, document)
+        if previous is not None:
+            self.touched_patients.update(previous.get("compartment") or [])
+        if self.reach is not None and resource_type == "Patient" and resource is not None:
+            self.reach.count_as_managed(resource_id, resource)  # later entries of a batch may be about it
         return Written(resource_type, resource_id, vid, updated, resource, previous is None or previous["deleted"],
                        previous, claimed, released)
 
@@ -205,7 +242,8 @@ class RecordService:
             return
         if now_utc() - entry["updated"] < ABANDONED_WRITE_AFTER:
             return  # most likely a writer still between its two steps
-        document = self._document(resource_type, resource_id, vid, entry["updated"], entry["resource"])
+        document = self._document(resource_type, resource_id, vid, entry["updated"], entry["resource"],
+                                  current or {"compartment": entry.get("compartment", [])})
         if current is None:
             await self.store.insert_first_version(resource_type, document)
         else:
@@ -243,7 +281,9 @@ class RecordService:
         plan = search.parse_search(resource_type, parse_qsl(criteria.lstrip("?"), keep_blank_values=True),
                                    handling="strict")
         self._raise_on_errors(plan)
-        return await self.store.find(resource_type, plan.filter, sort=[("_id", 1)], limit=2)
+        # Only what the caller may see can match: a match elsewhere must not be handed back.
+        query = await self._reach_filter(resource_type, plan.filter)
+        return await self.store.find(resource_type, query, sort=[("_id", 1)], limit=2)
 
     async def _current(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         _require_type(resource_type)
@@ -251,6 +291,8 @@ class RecordService:
         document = await self.store.get(resource_type, resource_id)
         if document is None:
             raise _issue(404, "not-found", f"{resource_type}/{resource_id} is not known")
+        await self._check_read(resource_type, document)
+        self._touch(resource_type, document)
         return document
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -266,8 +308,11 @@ class RecordService:
         _check_id(resource_id)
         if not vid.isdigit():
             raise _issue(400, "value", "A version id is a whole number")
+        await self._current(resource_type, resource_id)
         entry = await self.store.get_version(resource_type, resource_id, int(vid))
-        if entry is None:
+        # A version filed under a patient the caller may not read is, to them, a version that never was.
+        if entry is None or (self.reach is not None and not await self.reach.may_read(
+                resource_type, {"_id": resource_id, "compartment": entry.get("compartment") or []})):
             raise _issue(404, "not-found", f"{resource_type}/{resource_id} has no version {vid}")
         if entry["resource"] is None:
             raise _issue(410, "deleted", f"Version {vid} of {resource_type}/{resource_id} is a deletion")
@@ -276,6 +321,8 @@ class RecordService:
     async def update(self, resource_type: str, resource_id: str, body: Any, *,
                      if_match: str | None = None) -> Written:
         _require_type(resource_type, writing=True)
+        if self.reach is not None:
+            self.reach.check_may_write(resource_type)  # before any lookup that could tell the record exists
         _check_id(resource_id)
         resource = validate_resource(body, expected_type=resource_type)
         if resource.get("id") != resource_id:
@@ -284,6 +331,8 @@ class RecordService:
         expected = parse_etag(if_match)
         for attempt in range(3):
             previous = await self.store.get(resource_type, resource_id)
+            if previous is not None:
+                await self._check_read(resource_type, previous)  # before any answer that tells it exists
             if expected is not None and (previous is None or previous["vid"] != expected):
                 current = previous["vid"] if previous else "none"
                 raise _issue(412, "conflict", f"If-Match asked for version {expected} but the current version is "
@@ -303,6 +352,8 @@ class RecordService:
     async def delete(self, resource_type: str, resource_id: str) -> Written | None:
         """Soft delete: a history entry, then 410 on read. None when it was already deleted."""
         _require_type(resource_type, writing=True)
+        if self.reach is not None:
+            self.reach.check_may_write(resource_type)  # before any lookup that could tell the record exists
         previous = await self._current(resource_type, resource_id)
         if previous["deleted"]:
             return None
@@ -328,7 +379,11 @@ class RecordService:
                     offset = search.parse_offset(value)
                 elif name == "_since":
                     query["updated"] = {"$gte": search.parse_instant(value)}
+        if resource_type:  # an instance's too: its earlier versions may have been another patient's
+            query = await self._reach_filter(resource_type, query)
         entries, total = await self.store.history(query, skip=offset, limit=count)
+        for entry in entries:
+            self.touched_patients.update(entry.get("compartment") or [])
         bundle_entries = []
         for entry in entries:
             item: dict[str, Any] = {"fullUrl": f"{self.base_url}/{entry['type']}/{entry['id']}",
@@ -390,17 +445,23 @@ class RecordService:
         _require_type(resource_type)
         plan = search.parse_search(resource_type, params, handling=handling)
         self._raise_on_errors(plan)
-        total = None if plan.total == "none" else await self.store.count(resource_type, plan.filter)
+        query = await self._reach_filter(resource_type, plan.filter)
+        total = None if plan.total == "none" else await self.store.count(resource_type, query)
         if plan.summary == "count":
             return self._bundle("searchset", total, [], resource_type, plan.used, 0, 0)
         # Without a total, one row more than the page shows whether a next page exists.
         extra = 1 if total is None and plan.count > 0 else 0
-        matched = await self.store.find(resource_type, plan.filter, sort=plan.sort, skip=plan.offset,
+        matched = await self.store.find(resource_type, query, sort=plan.sort, skip=plan.offset,
                                         limit=plan.count + extra)
         more = len(matched) > plan.count
         matched = matched[:plan.count]
+        included = await self._included(resource_type, matched, plan)
+        for doc in matched:
+            self._touch(resource_type, doc)
+        for doc in included:
+            self._touch(doc["resource"]["resourceType"], doc)
         entries = [self._entry(doc, "match", plan) for doc in matched]
-        entries += [self._entry(doc, "include") for doc in await self._included(resource_type, matched, plan)]
+        entries += [self._entry(doc, "include") for doc in included]
         warnings = [i for i in plan.issues if i.severity not in ("error", "fatal")]
         if warnings:
             outcome = {"resourceType": "OperationOutcome", "id": str(uuid.uuid4()), "issue": [
@@ -425,20 +486,67 @@ class RecordService:
         for target_type, ids in wanted.items():
             for doc in await self.store.find_by_ids(target_type, sorted(ids)):
                 key = f"{target_type}/{doc['_id']}"
-                if key not in seen:
+                if key not in seen and (self.reach is None or await self.reach.may_read(target_type, doc)):
                     seen.add(key)
                     found.append(doc)
         matched_refs = [f"{resource_type}/{doc['_id']}" for doc in matched]
         for include in plan.revinclude:
             if not matched_refs or not is_supported_type(include.source_type):
                 continue
-            query = {"deleted": False, f"sp.{include.param}": {"$in": matched_refs}}
+            query = await self._reach_filter(include.source_type,
+                                             {"deleted": False, f"sp.{include.param}": {"$in": matched_refs}})
             for doc in await self.store.find(include.source_type, query, sort=[("_id", 1)], limit=MAX_REVINCLUDE):
                 key = f"{include.source_type}/{doc['_id']}"
                 if key not in seen:
                     seen.add(key)
                     found.append(doc)
         return found
+
+    # --- the audit trail --------------------------------------------------------------------------
+
+    async def append_audit_event(self, event: dict[str, Any]) -> None:
+        """One insert, durable before the caller's response leaves; AuditEvents are never changed."""
+        recorded = now_utc()
+        event = {**event, "meta": {"versionId": "1", "lastUpdated": fhir_instant(recorded)}}
+        await self.store.insert_audit_event(self._document("AuditEvent", event["id"], 1, recorded, event))
+
+    async def access_log(self, patient: str, *, exclude_agent: str | None, count: int, offset: int) -> dict[str, Any]:
+        """Who accessed this patient's records, newest first, in words a patient reads."""
+        query: dict[str, Any] = {"deleted": False, "compartment": patient}
+        if exclude_agent:
+            query["sp.agent"] = {"$nin": [exclude_agent]}
+        total = await self.store.count("AuditEvent", query)
+        events = await self.store.find("AuditEvent", query, sort=[("updated", -1), ("_id", -1)], skip=offset,
+                                       limit=count)
+        org_refs = {agent["who"]["reference"] for doc in events for agent in doc["resource"].get("agent", [])
+                    if not agent.get("requestor") and agent.get("who", {}).get("reference", "").startswith(
+                        "Organization/")}
+        org_names = {f"Organization/{doc['_id']}": doc["resource"].get("name", "")
+                     for doc in await self.store.find_by_ids("Organization",
+                                                             sorted(r.removeprefix("Organization/") for r in org_refs))}
+        entries = []
+        for doc in events:
+            event = doc["resource"]
+            requestor = next((a for a in event.get("agent", []) if a.get("requestor")), {})
+            organization = next((a["who"]["reference"] for a in event.get("agent", []) if not a.get("requestor")
+                                 and a.get("who", {}).get("reference", "").startswith("Organization/")), None)
+            purpose = ((event.get("purposeOfEvent") or [{}])[0].get("coding") or [{}])[0]
+            entries.append({
+                "when": event["recorded"],
+                "who": requestor.get("who", {}).get("display") or requestor.get("who", {}).get("reference"),
+                "whoReference": requestor.get("who", {}).get("reference"),
+                "role": (requestor.get("role") or [{}])[0].get("text"),
+                "organization": org_names.get(organization) or organization,
+                "organizationReference": organization,
+                "action": (event.get("subtype") or [{}])[0].get("code"),
+                "purpose": purpose.get("display") or purpose.get("code"),
+                "outcome": "success" if event.get("outcome") == "0" else "refused",
+                # One search's event names every patient it returned; each sees only their own part of it.
+                "records": [e["what"]["reference"] for e in event.get("entity", [])
+                            if e.get("what", {}).get("reference")
+                            and not e["what"]["reference"].startswith("Patient/")],
+            })
+        return {"total": total, "count": count, "offset": offset, "entries": entries}
 
     # --- Patient/$everything -------------------------------------------------------------------
 
@@ -455,7 +563,8 @@ class RecordService:
         # The compartment is paged across types in a fixed order, the Patient first.
         counts = [("Patient", 1)]
         for resource_type in RESOURCE_TYPES:
-            if resource_type != "Patient":
+            # The audit trail is about the record, not part of it.
+            if resource_type not in ("Patient", "AuditEvent"):
                 counts.append((resource_type, await self.store.count(resource_type, member)))
         total = sum(n for _, n in counts)
         entries, position, remaining = [], 0, count
@@ -470,6 +579,8 @@ class RecordService:
                 docs = [patient]
             else:
                 docs = await self.store.find(resource_type, member, sort=[("_id", 1)], skip=skip, limit=remaining)
+            for doc in docs:
+                self._touch(resource_type, doc)
             entries += [self._entry(doc, "match") for doc in docs]
             remaining -= len(docs)
             position += n
@@ -600,6 +711,12 @@ class RecordService:
                                  f"Bundle.entry[{index}].resource.id")
             elif method == "DELETE":
                 _require_type(resource_type, writing=True)
+        if self.reach is not None:
+            # Entries may be about a Patient this transaction registers, written after them; should that
+            # Patient's own write be refused, the whole transaction is undone.
+            for index, resource in resources.items():
+                if resource["resourceType"] == "Patient":
+                    self.reach.count_as_managed(requests[index][2] or assigned[index], resource)
         order = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
         done: list[Written] = []
         responses: dict[int, dict[str, Any]] = {}

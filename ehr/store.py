@@ -44,7 +44,7 @@ class RecordStore:
     """Reads and single-document writes of FHIR resource documents.
 
     A current-version document is {_id, vid, updated, deleted, resource, sp, so, compartment};
-    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource, write}.
+    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource, write, compartment}.
     """
 
     def __init__(self, db: AsyncIOMotorDatabase):
@@ -86,16 +86,28 @@ class RecordStore:
     async def count(self, resource_type: str, query: dict[str, Any]) -> int:
         return await self.db[resource_type].count_documents(query)
 
-    async def find_by_ids(self, resource_type: str, ids: list[str]) -> list[dict[str, Any]]:
+    async def ids_matching(self, resource_type: str, query: dict[str, Any]) -> set[str]:
+        cursor = self.db[resource_type].find(query, projection={"_id": 1})
+        return {doc["_id"] async for doc in cursor}
+
+    async def insert_audit_event(self, document: dict[str, Any]) -> None:
+        """The one insert an access costs: AuditEvents are append-only, version 1 forever, no history entry."""
+        await self.db["AuditEvent"].insert_one(document)
+
+    async def find_by_ids(self, resource_type: str, ids: list[str], *,
+                          include_deleted: bool = False) -> list[dict[str, Any]]:
         if not ids:
             return []
-        cursor = self.db[resource_type].find({"_id": {"$in": ids}, "deleted": False})
+        query: dict[str, Any] = {"_id": {"$in": ids}}
+        if not include_deleted:
+            query["deleted"] = False
+        cursor = self.db[resource_type].find(query)
         return await cursor.to_list(length=len(ids))
 
     # --- history --------------------------------------------------------------------------------
 
     async def claim_version(self, resource_type: str, resource_id: str, vid: int, updated: datetime, method: str,
-                            resource: dict[str, Any] | None, write_id: str) -> bool:
+                            resource: dict[str, Any] | None, write_id: str, compartment: list[str]) -> bool:
         """Insert the history entry of version `vid`; False when another write already holds that version.
 
         This insert is the atomic step of every write: FerretDB runs a conditional replace or
@@ -103,7 +115,8 @@ class RecordStore:
         "win" it, but only one of them can insert the unique _id "Type/id/vid".
         """
         entry = {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
-                 "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id}
+                 "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id,
+                 "compartment": compartment}
         try:
             await self.db[HISTORY].insert_one(entry)
             return True

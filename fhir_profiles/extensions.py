@@ -152,3 +152,56 @@ def read_ehealth_card_status(card: dict[str, Any]) -> str | None:
     """The status of an e-health card (Basic), None when it has none; ValueError when malformed."""
     extension = _single(card, EHEALTH_CARD_STATUS_URL)
     return None if extension is None else parse_ehealth_card_status_extension(extension)
+
+
+# --- referral capacity of a department (HealthcareService) ---------------------------------------
+
+# How many referrals a department takes in a day (转诊号源), set by the department. The capacity in
+# use is counted from open referrals, so only the ceiling is recorded here, never a running count.
+REFERRAL_CAPACITY_URL = CANONICAL_BASE + "referral-capacity"
+# Whether a department takes referrals at all just now; a HealthcareService can stay active (it still
+# treats patients) while it stops taking referrals, e.g. during a ward refit.
+ACCEPTING_REFERRALS_URL = CANONICAL_BASE + "accepting-referrals"
+
+
+def referral_capacity_extension(per_day: int) -> Extension:
+    """The referral-capacity extension: referrals a HealthcareService takes per day (0 or more)."""
+    extension = {"url": REFERRAL_CAPACITY_URL, "valueInteger": per_day}
+    parse_referral_capacity_extension(extension)
+    return extension
+
+
+def accepting_referrals_extension(accepting: bool) -> Extension:
+    """The accepting-referrals extension: whether a HealthcareService takes referrals now."""
+    extension = {"url": ACCEPTING_REFERRALS_URL, "valueBoolean": accepting}
+    parse_accepting_referrals_extension(extension)
+    return extension
+
+
+def parse_referral_capacity_extension(extension: Extension) -> int:
+    """The daily capacity of one referral-capacity extension; ValueError says what is malformed."""
+    per_day = _only_value(extension, "valueInteger", "referral-capacity")
+    # bool is an int in Python, and True must not pass for a capacity of 1.
+    if not isinstance(per_day, int) or isinstance(per_day, bool) or per_day < 0:
+        raise ValueError(f"referral-capacity must be a whole number of referrals per day, 0 or more, not {per_day!r}")
+    return per_day
+
+
+def parse_accepting_referrals_extension(extension: Extension) -> bool:
+    """Whether one accepting-referrals extension says yes; ValueError says what is malformed."""
+    accepting = _only_value(extension, "valueBoolean", "accepting-referrals")
+    if not isinstance(accepting, bool):
+        raise ValueError(f"accepting-referrals must be true or false, not {accepting!r}")
+    return accepting
+
+
+def read_referral_capacity(service: dict[str, Any]) -> int | None:
+    """The daily referral capacity of a HealthcareService, None when it has none; ValueError when malformed."""
+    extension = _single(service, REFERRAL_CAPACITY_URL)
+    return None if extension is None else parse_referral_capacity_extension(extension)
+
+
+def read_accepting_referrals(service: dict[str, Any]) -> bool | None:
+    """Whether a HealthcareService accepts referrals, None when it does not say; ValueError when malformed."""
+    extension = _single(service, ACCEPTING_REFERRALS_URL)
+    return None if extension is None else parse_accepting_referrals_extension(extension)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fhir_profiles.extensions import (
+    ACCEPTING_REFERRALS_URL,
     CANONICAL_BASE,
     CAPABILITY_SYSTEM,
     CODE_SYSTEM_BASE,
@@ -17,10 +18,13 @@ from fhir_profiles.extensions import (
     EHEALTH_CARD_STATUS_URL,
     HOSPITAL_TIER_URL,
     MEDICAL_ALLIANCE_URL,
+    REFERRAL_CAPACITY_URL,
+    parse_accepting_referrals_extension,
     parse_division_code_extension,
     parse_ehealth_card_status_extension,
     parse_hospital_tier_extension,
     parse_medical_alliance_extension,
+    parse_referral_capacity_extension,
 )
 from fhir_profiles.identifiers import (
     EHEALTH_CARD_SYSTEM,
@@ -204,6 +208,8 @@ _EXTENSION_PARSERS: dict[str, Callable[[dict[str, Any]], object]] = {
     DIVISION_CODE_URL: parse_division_code_extension,
     MEDICAL_ALLIANCE_URL: parse_medical_alliance_extension,
     EHEALTH_CARD_STATUS_URL: parse_ehealth_card_status_extension,
+    REFERRAL_CAPACITY_URL: parse_referral_capacity_extension,
+    ACCEPTING_REFERRALS_URL: parse_accepting_referrals_extension,
 }
 
 

@@ -9,8 +9,14 @@ from fastapi import FastAPI
 
 from ehr import api as ehr_api
 from ehr import store as ehr_store
+from ehr.cards import CardRefused
 from ehr.models import RecordError
-from qilu import ops
+from ehr.service import RecordService
+from ehr.store import RecordStore
+from qilu import audit, auth, identity, ops
+from qilu.auth import TokenService
+from qilu.identity import UserDirectory
+from qilu.keys import SigningKeys
 from qilu.cache import connect_redis
 from qilu.db import connect_mongodb, database, ping_mongodb
 from qilu.logs import configure_logging
@@ -18,11 +24,40 @@ from qilu.metrics import RequestMetrics
 from qilu.middleware import RequestContextMiddleware
 from qilu.problems import install_error_handlers
 from qilu.settings import Settings, get_settings
+from referral import api as referral_api
+from referral import store as referral_store
+from referral.service import ReferralRefused
+from referral.tasks import referral_service
+from teleconsult import api as consult_api
+from teleconsult import store as consult_store
+from teleconsult.service import ConsultRefused
+from teleconsult.tasks import consult_service, media_hub
 
 log = structlog.get_logger("qilu.app")
 
 # Each domain's store creates its own indexes; start-up runs them all (idempotent).
-INDEX_SETUPS = (ehr_store.ensure_indexes,)
+INDEX_SETUPS = (ehr_store.ensure_indexes, identity.ensure_indexes, referral_store.ensure_indexes,
+                consult_store.ensure_indexes)
+
+
+def _kick_outbox() -> None:
+    """Have a worker deliver new referral events now; the beat sweep delivers them anyway if this fails."""
+    from workers.tasks import deliver_referral_outbox
+
+    try:
+        deliver_referral_outbox.apply_async(retry=False, ignore_result=True)
+    except Exception as exc:  # noqa: BLE001 - a lost kick only delays delivery until the next sweep
+        log.warning("outbox kick failed", error=str(exc))
+
+
+def _enqueue_recording(consult_id: str) -> None:
+    """Have a worker post-process a finished consult recording (duration, hash, DocumentReference)."""
+    from workers.tasks import process_consult_recording
+
+    try:
+        process_consult_recording.apply_async(args=[consult_id], retry=False, ignore_result=True)
+    except Exception as exc:  # noqa: BLE001 - the file is kept; re-running the task later finishes it
+        log.warning("recording post-processing not enqueued", consult=consult_id, error=str(exc))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -34,6 +69,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.mongo = connect_mongodb(settings)
         app.state.db = database(app.state.mongo, settings)
         app.state.redis = connect_redis(settings)
+        app.state.users = UserDirectory(app.state.db)
+        app.state.tokens = TokenService(settings, app.state.keys, app.state.redis, app.state.users)
+        # The audit trail and the access log live in the record; auth and audit reach them through these.
+        records = RecordService(RecordStore(app.state.db), settings.base_url + "/fhir")
+        app.state.audit_sink = records.append_audit_event
+        app.state.access_log_reader = records.access_log
+        # Which patients are shared with an organization: the referral domain's check plugs in here.
+        app.state.referrals = referral_service(app.state.db, settings)
+        app.state.shared_patients = app.state.referrals.shared_patients
+        app.state.kick_outbox = _kick_outbox
+        # Consult rooms: the media hub lives as long as the process; stopping it closes every peer connection.
+        app.state.consults = consult_service(app.state.db, settings, referrals=app.state.referrals,
+                                             hub=media_hub(settings), enqueue_recording=_enqueue_recording)
         try:
             await ping_mongodb(app.state.mongo, timeout_s=settings.mongodb_timeout_ms / 1000)
             for ensure_indexes in INDEX_SETUPS:
@@ -41,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("started", mongodb=settings.effective_mongodb_url, db=settings.mongodb_db)
             yield
         finally:
+            await app.state.consults.stop()
             await app.state.redis.aclose()
             app.state.mongo.close()
 
@@ -48,9 +97,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Telemedicine referrals and e-health records for a tiered provincial health system.")
     app.state.settings = settings
     app.state.metrics = RequestMetrics()
+    app.state.keys = SigningKeys.load(settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)
     app.add_exception_handler(RecordError, ehr_api.record_error_handler)
+    app.add_exception_handler(CardRefused, ehr_api.card_refused_handler)
+    app.add_exception_handler(ReferralRefused, referral_api.referral_refused_handler)
+    app.add_exception_handler(ConsultRefused, consult_api.consult_refused_handler)
     app.include_router(ops.router)
+    app.include_router(auth.router)
+    app.include_router(audit.router)
+    app.include_router(ehr_api.cards_router)
+    app.include_router(referral_api.router)
+    app.include_router(consult_api.router)
     app.include_router(ehr_api.router)
     return app

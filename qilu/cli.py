@@ -19,6 +19,8 @@ cli = typer.Typer(help="Qilu: telemedicine referrals and e-health records.", no_
 services_cli = typer.Typer(help="The embedded engines: FerretDB (MongoDB wire protocol) and Redis.",
                            no_args_is_help=True)
 cli.add_typer(services_cli, name="services")
+user_cli = typer.Typer(help="Users: patients, practitioners and administrators.", no_args_is_help=True)
+cli.add_typer(user_cli, name="user")
 
 
 def _bring_services_up() -> None:
@@ -56,6 +58,47 @@ def services_status_command(as_json: bool = typer.Option(False, "--json", help="
         typer.echo(f"{s.name}: {state} at {s.url}; {managed}; {s.detail}")
     if not all(s.answers for s in statuses):
         raise typer.Exit(3)
+
+
+@user_cli.command("add")
+def user_add(
+    role: str = typer.Option(..., help="patient, practitioner or admin."),
+    login: str = typer.Option(..., help="National ID number (patient), practitioner number, or an admin name."),
+    name: str = typer.Option(..., help="The person's name as written on their ID."),
+    organization: str = typer.Option(None, help="Organization id: a practitioner's hospital, a patient's "
+                                                "managing hospital."),
+    specialty: str = typer.Option(None, help="A practitioner's specialty."),
+    password: str = typer.Option(..., prompt=True, hide_input=True, confirmation_prompt=True,
+                                 help="At least 8 characters (asked for when not given)."),
+) -> None:
+    """Create a user with the FHIR resource they stand for (Patient, or Practitioner + PractitionerRole)."""
+    import asyncio
+
+    from qilu.accounts import AccountError, add_user
+    from qilu.db import connect_mongodb, database
+    from qilu.identity import ROLES, UserExists
+    from qilu.identity import ensure_indexes as ensure_user_indexes
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {', '.join(ROLES)}", param_hint="--role")
+    settings = get_settings()
+
+    async def create():
+        client = connect_mongodb(settings)
+        try:
+            db = database(client, settings)
+            await ensure_user_indexes(db)
+            return await add_user(db, settings.base_url + "/fhir", role=role, login=login, password=password,
+                                  name=name, organization=organization, specialty=specialty)
+        finally:
+            client.close()
+
+    try:
+        user = asyncio.run(create())
+    except (AccountError, UserExists, ValueError) as exc:
+        typer.secho(f"not created: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"created {user.role} user {user.id}" + (f" for {user.fhir_user}" if user.fhir_user else ""))
 
 
 @cli.command()
@@ -121,6 +164,42 @@ def demo() -> None:
             except subprocess.TimeoutExpired:
                 child.kill()
     typer.echo("stopped API and worker (the engines keep running: `qilu services down` stops them)")
+
+
+@cli.command("import")
+def import_command(
+    paths: list[str] = typer.Argument(..., help="FHIR JSON files (a resource or a Bundle), .ndjson files, or "
+                                                "directories of them."),
+    concurrency: int = typer.Option(8, min=1, max=64, help="Resources written at once."),
+) -> None:
+    """Load FHIR resources into the record through the same rules as the API; exits 1 when any failed."""
+    from pymongo.errors import ConnectionFailure
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ehr.importer import import_paths
+    from qilu.logs import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)  # counts only; masked like every log
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(path: str, done: int, total: int) -> None:
+            if path not in tasks:
+                tasks[path] = bar.add_task(os.path.basename(path), total=total)
+            bar.update(tasks[path], completed=done, total=total)
+
+        try:
+            report = import_paths(settings, paths, progress, concurrency=concurrency)
+        except ConnectionFailure as exc:
+            typer.secho(f"cannot reach MongoDB at {settings.effective_mongodb_url} ({type(exc).__name__}); "
+                        "is it running? (`qilu services up` starts the embedded one)", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from exc
+    typer.echo(report.describe())
+    for line in report.errors:
+        typer.secho("  " + line, fg=typer.colors.RED, err=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -31,6 +31,45 @@ class Settings(BaseSettings):
     signing_key_path: Path | None = None
     card_key_path: Path | None = None
 
+    # Access tokens are short-lived; refresh tokens rotate on every use.
+    token_issuer: str = "qilu"
+    token_audience: str = "qilu-api"
+    access_token_ttl_s: int = Field(default=900, ge=30)
+    refresh_token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    # An external OpenID Connect issuer (the province's identity service) whose tokens are accepted too.
+    oidc_issuer: str | None = None
+    oidc_jwks_url: str | None = None
+    oidc_audience: str = "qilu-api"
+
+    # Referrals: minutes to accept by urgency, escalations before failing, sharing after completion.
+    accept_minutes_stat: float = 15
+    accept_minutes_asap: float = 60
+    accept_minutes_urgent: float = 240
+    accept_minutes_routine: float = 48 * 60
+    max_escalations: int = 2
+    share_days_after_completion: int = 30
+    deadline_sweep_s: float = 30.0
+    outbox_sweep_s: float = 5.0
+    stats_refresh_s: float = 600.0
+    # E-mail notifications over SMTP; none are sent when no host is set.
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_from: str = "qilu@localhost"
+
+    # Consult rooms: STUN/TURN servers handed to clients and used by the media hub (none: host candidates
+    # only), e.g. [{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}].
+    consult_ice_servers: list[dict] = Field(default_factory=list)
+    consult_recording_dir: str = "consult-recordings"  # under data_dir
+    consult_recording_width: int = Field(default=640, ge=64, le=1920)
+    consult_recording_height: int = Field(default=360, ge=64, le=1080)
+    consult_recording_fps: int = Field(default=15, ge=1, le=30)
+    consult_grace_s: float = Field(default=120.0, ge=0)  # an empty live room ends after this
+    consult_opens_before_s: float = Field(default=1800.0, ge=0)  # joinable this long before its scheduled time
+    consult_join_timeout_s: float = Field(default=15.0, gt=0)
+    consult_message_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    consult_messages_per_s: float = Field(default=20.0, gt=0)
+    consult_message_burst: int = Field(default=40, ge=1)
+
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)

@@ -17,11 +17,26 @@ os.environ.setdefault("QILU_REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("QILU_DATA_DIR", str(ROOT / "var"))
 os.environ.setdefault("QILU_LOG_FORMAT", "console")
 os.environ.setdefault("QILU_LOG_LEVEL", "WARNING")
+# A test session outlives the default 15-minute access token.
+os.environ.setdefault("QILU_ACCESS_TOKEN_TTL_S", "7200")
+# Referral deadlines on a test clock, for the worker too: a stat referral waits 3 s for acceptance, and beat
+# sweeps deadlines and the outbox every second. Only stat is shortened; the other tests use other urgencies.
+os.environ.setdefault("QILU_ACCEPT_MINUTES_STAT", "0.05")
+os.environ.setdefault("QILU_DEADLINE_SWEEP_S", "1")
+os.environ.setdefault("QILU_OUTBOX_SWEEP_S", "1")
+
+import uuid  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 
 import httpx  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
+from ehr.service import RecordService  # noqa: E402
+from ehr.store import RecordStore  # noqa: E402
+from qilu.accounts import add_user  # noqa: E402
 from qilu.app import create_app  # noqa: E402
+from qilu.identity import User  # noqa: E402
+from sample_records import PASSWORD, new_national_id, organization  # noqa: E402
 from qilu.services import services_up  # noqa: E402
 from qilu.settings import Settings, get_settings  # noqa: E402
 
@@ -52,6 +67,71 @@ async def client(app) -> httpx.AsyncClient:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=True)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+@dataclass
+class World:
+    """Two county hospitals and the people of the tests: doctors at each, an administrator, two patients."""
+
+    home: str  # "Organization/.." the main doctor works at and whose patients the tests create
+    elsewhere: str
+    doctor: User
+    doctor_elsewhere: User
+    admin: User
+    patient: User  # managed by `home`
+    patient_elsewhere: User
+
+
+@pytest.fixture(scope="session")
+async def world(app) -> World:
+    records = RecordService(RecordStore(app.state.db), "http://testserver/fhir")
+    orgs = []
+    for _ in range(2):
+        written, _ = await records.create("Organization", organization())
+        orgs.append(f"Organization/{written.resource_id}")
+    tag = uuid.uuid4().hex[:8]
+
+    async def person(role: str, login: str, name: str, org: str | None) -> User:
+        return await add_user(app.state.db, "http://testserver/fhir", role=role, login=login, password=PASSWORD,
+                              name=name, organization=org)
+
+    return World(
+        home=orgs[0], elsewhere=orgs[1],
+        doctor=await person("practitioner", f"DOC{tag}", "张医生", orgs[0]),
+        doctor_elsewhere=await person("practitioner", f"OTH{tag}", "陈医生", orgs[1]),
+        admin=await person("admin", f"admin{tag}", "管理员", None),
+        patient=await person("patient", new_national_id(), "刘芳", orgs[0]),
+        patient_elsewhere=await person("patient", new_national_id(), "孙强", orgs[1]),
+    )
+
+
+async def login(app, user: User) -> httpx.AsyncClient:
+    """An httpx client on the live app that carries `user`'s access token (obtained through the API)."""
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    response = await http.post("/api/auth/token", data={"username": user.login, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    http.headers["Authorization"] = "Bearer " + response.json()["access_token"]
+    return http
+
+
+@pytest.fixture(scope="session")
+async def doctor_client(app, world) -> httpx.AsyncClient:
+    # login() has used the client already, so it cannot be entered again with `async with`.
+    http = await login(app, world.doctor)
+    try:
+        yield http
+    finally:
+        await http.aclose()
+
+
+@pytest.fixture(scope="session")
+async def admin_client(app, world) -> httpx.AsyncClient:
+    # login() has used the client already, so it cannot be entered again with `async with`.
+    http = await login(app, world.admin)
+    try:
+        yield http
+    finally:
+        await http.aclose()
 
 
 @pytest.fixture(scope="session")

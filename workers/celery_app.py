@@ -23,6 +23,14 @@ app.conf.update(
     enable_utc=True,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
-    beat_schedule={},
-    beat_schedule_filename=str(settings.path("celerybeat-schedule")),
+    # A worker acts on the database its settings name; a queue per database keeps another deployment (or
+    # another test session) on the same Redis from taking tasks meant for this one.
+    task_default_queue=f"qilu.{settings.mongodb_db}",
+    beat_schedule={
+        "referral-deadlines": {"task": "qilu.referral.sweep_deadlines", "schedule": settings.deadline_sweep_s},
+        "referral-outbox": {"task": "qilu.referral.deliver_outbox", "schedule": settings.outbox_sweep_s},
+        "referral-stats": {"task": "qilu.referral.refresh_stats", "schedule": settings.stats_refresh_s},
+    },
+    # One schedule file per database: two beats sharing a data directory must not share one shelve file.
+    beat_schedule_filename=str(settings.path(f"celerybeat-schedule-{settings.mongodb_db}")),
 )

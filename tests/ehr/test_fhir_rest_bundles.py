@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fhir_rest_support import (
+from sample_records import (
     JSON_HEADERS, assert_outcome, condition, create, encounter, ids, link, observation, patient, search,
     server_now, tag, walk_pages,
 )
@@ -39,13 +39,13 @@ async def history_since(client, resource_type: str, since: str) -> dict:
 # --- batch ----------------------------------------------------------------------------------------------
 
 
-async def test_batch_entries_are_independent(client):
-    existing = await create(client, patient())
-    doomed = await create(client, patient())
-    good = patient()
-    response = await send(client, "batch", [
+async def test_batch_entries_are_independent(doctor_client, world):
+    existing = await create(doctor_client, patient(organization=world.home))
+    doomed = await create(doctor_client, patient(organization=world.home))
+    good = patient(organization=world.home)
+    response = await send(doctor_client, "batch", [
         post_entry(good),
-        post_entry(patient(gender="xx", with_id_number=False)),
+        post_entry(patient(organization=world.home, gender="xx", with_id_number=False)),
         {"request": {"method": "GET", "url": f"Patient/{existing['id']}"}},
         {"request": {"method": "DELETE", "url": f"Patient/{doomed['id']}"}},
         put_entry({**existing, "active": True}, ifMatch='W/"9"'),
@@ -66,54 +66,56 @@ async def test_batch_entries_are_independent(client):
     created = entries[0]["resource"]
     assert entries[0]["response"]["location"] == f"Patient/{created['id']}/_history/1"
     assert entries[0]["response"]["etag"] == 'W/"1"'
-    assert (await client.get(f"/fhir/Patient/{created['id']}")).status_code == 200
+    assert (await doctor_client.get(f"/fhir/Patient/{created['id']}")).status_code == 200
     failed = entries[1]["response"]["outcome"]
     assert failed["resourceType"] == "OperationOutcome"
     assert failed["issue"][0]["code"] == "code-invalid" and "Patient.gender" in failed["issue"][0]["expression"]
     assert entries[2]["resource"]["id"] == existing["id"]
-    assert (await client.get(f"/fhir/Patient/{doomed['id']}")).status_code == 410
+    assert (await doctor_client.get(f"/fhir/Patient/{doomed['id']}")).status_code == 410
     assert entries[4]["response"]["outcome"]["issue"][0]["code"] == "conflict"
-    assert (await client.get(f"/fhir/Patient/{existing['id']}")).json()["meta"]["versionId"] == "1"
+    assert (await doctor_client.get(f"/fhir/Patient/{existing['id']}")).json()["meta"]["versionId"] == "1"
     assert entries[5]["resource"]["type"] == "searchset" and entries[5]["resource"]["total"] == 1
 
 
-async def test_batch_and_transaction_refuse_bad_bundles(client):
-    assert_outcome(await client.post("/fhir", json=patient(), headers=JSON_HEADERS), 400, "invalid",
-                   expression="Bundle")
-    assert_outcome(await send(client, "collection", []), 400, "value", expression="Bundle.type")
-    response = await client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": {"a": 1}},
-                                 headers=JSON_HEADERS)
+async def test_batch_and_transaction_refuse_bad_bundles(doctor_client, world):
+    assert_outcome(await doctor_client.post("/fhir", json=patient(organization=world.home), headers=JSON_HEADERS),
+                   400, "invalid", expression="Bundle")
+    assert_outcome(await send(doctor_client, "collection", []), 400, "value", expression="Bundle.type")
+    response = await doctor_client.post("/fhir", json={"resourceType": "Bundle", "type": "batch", "entry": {"a": 1}},
+                                        headers=JSON_HEADERS)
     assert_outcome(response, 400, "structure", expression="Bundle.entry")
-    response = await send(client, "transaction", [{"request": {"method": "POST", "url": "Nothing"},
-                                                   "resource": {"resourceType": "Nothing"}}])
+    response = await send(doctor_client, "transaction", [{"request": {"method": "POST", "url": "Nothing"},
+                                                          "resource": {"resourceType": "Nothing"}}])
     assert_outcome(response, 400, "value", expression="Bundle.entry[0].request.url")
-    response = await send(client, "transaction", [{"resource": patient()}])
+    response = await send(doctor_client, "transaction", [{"resource": patient(organization=world.home)}])
     assert_outcome(response, 400, "required", expression="Bundle.entry[0].request")
 
 
-async def test_bundle_entries_with_wrong_types_in_request_are_400_not_500(client):
-    target = await create(client, patient())
+async def test_bundle_entries_with_wrong_types_in_request_are_400_not_500(doctor_client, world):
+    target = await create(doctor_client, patient(organization=world.home))
     for request in ({"method": "PUT", "url": f"Patient/{target['id']}", "ifMatch": 1},
                     {"method": "POST", "url": "Patient", "ifNoneExist": ["identifier=x"]},
                     {"method": 5, "url": "Patient"},
                     {"method": "GET", "url": {"path": "Patient"}}):
-        entry = {"resource": {**target} if request["method"] == "PUT" else patient(), "request": request}
-        batch = await send(client, "batch", [entry])
+        entry = {"resource": {**target} if request["method"] == "PUT" else patient(organization=world.home),
+                 "request": request}
+        batch = await send(doctor_client, "batch", [entry])
         assert batch.status_code == 200, batch.text
         assert batch.json()["entry"][0]["response"]["status"].startswith("400"), batch.text
-        transaction = await send(client, "transaction", [entry])
+        transaction = await send(doctor_client, "transaction", [entry])
         assert_outcome(transaction, 400)
-    odd_full_url = await send(client, "transaction", [{"fullUrl": ["x"], **post_entry(patient())}])
+    odd_full_url = await send(doctor_client, "transaction",
+                              [{"fullUrl": ["x"], **post_entry(patient(organization=world.home))}])
     assert_outcome(odd_full_url, 400, expression="Bundle.entry[0].fullUrl")
 
 
 # --- transaction ---------------------------------------------------------------------------------------
 
 
-async def test_transaction_resolves_urn_uuid_references(client):
+async def test_transaction_resolves_urn_uuid_references(doctor_client, world):
     patient_url, encounter_url = urn(), urn()
-    person = patient()
-    response = await send(client, "transaction", [
+    person = patient(organization=world.home)
+    response = await send(doctor_client, "transaction", [
         post_entry(observation("x", subject={"reference": patient_url}, encounter={"reference": encounter_url})),
         post_entry(person, patient_url),
         post_entry(encounter("x", subject={"reference": patient_url}), encounter_url),
@@ -127,17 +129,17 @@ async def test_transaction_resolves_urn_uuid_references(client):
     assert obs["subject"]["reference"] == f"Patient/{made['id']}"
     assert obs["encounter"]["reference"] == f"Encounter/{enc['id']}"
     assert enc["subject"]["reference"] == f"Patient/{made['id']}"
-    stored = (await client.get(f"/fhir/Observation/{obs['id']}")).json()
+    stored = (await doctor_client.get(f"/fhir/Observation/{obs['id']}")).json()
     assert stored["subject"]["reference"] == f"Patient/{made['id']}"
-    assert ids(await search(client, "Observation", {"patient": made["id"]})) == [obs["id"]]
+    assert ids(await search(doctor_client, "Observation", {"patient": made["id"]})) == [obs["id"]]
 
 
-async def test_transaction_with_conditional_create_points_at_existing(client):
-    existing = await create(client, patient())
+async def test_transaction_with_conditional_create_points_at_existing(doctor_client, world):
+    existing = await create(doctor_client, patient(organization=world.home))
     number = existing["identifier"][0]["value"]
     patient_url = urn()
-    response = await send(client, "transaction", [
-        post_entry(patient(), patient_url,
+    response = await send(doctor_client, "transaction", [
+        post_entry(patient(organization=world.home), patient_url,
                    ifNoneExist=f"identifier={NATIONAL_ID_SYSTEM}|{number}"),
         post_entry(observation("x", subject={"reference": patient_url})),
     ])
@@ -147,31 +149,31 @@ async def test_transaction_with_conditional_create_points_at_existing(client):
     assert second["resource"]["subject"]["reference"] == f"Patient/{existing['id']}"
 
 
-async def test_transaction_with_invalid_third_entry_writes_nothing(client):
-    person = patient()
+async def test_transaction_with_invalid_third_entry_writes_nothing(doctor_client, world):
+    person = patient(organization=world.home)
     number = person["identifier"][0]["value"]
     since = server_now()
     patient_url = urn()
-    response = await send(client, "transaction", [
+    response = await send(doctor_client, "transaction", [
         post_entry(person, patient_url),
         post_entry(observation("x", subject={"reference": patient_url})),
         post_entry(observation("x", subject={"reference": patient_url}, status="guessed")),
     ])
     assert_outcome(response, 422, "code-invalid", expression="Bundle.entry[2].resource.status")
-    assert (await search(client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|{number}"}))["total"] == 0
-    assert (await history_since(client, "Patient", since))["total"] == 0
-    assert (await history_since(client, "Observation", since))["total"] == 0
-    await create(client, person)  # the number is free
+    assert (await search(doctor_client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|{number}"}))["total"] == 0
+    assert (await history_since(doctor_client, "Patient", since))["total"] == 0
+    assert (await history_since(doctor_client, "Observation", since))["total"] == 0
+    await create(doctor_client, person)  # the number is free
 
 
-async def test_transaction_rolls_back_when_a_put_fails_if_match(client):
-    kept = await create(client, patient())
-    to_delete = await create(client, patient())
-    person = patient()
+async def test_transaction_rolls_back_when_a_put_fails_if_match(doctor_client, world):
+    kept = await create(doctor_client, patient(organization=world.home))
+    to_delete = await create(doctor_client, patient(organization=world.home))
+    person = patient(organization=world.home)
     number = person["identifier"][0]["value"]
     patient_url = urn()
     since = server_now()
-    response = await send(client, "transaction", [
+    response = await send(doctor_client, "transaction", [
         post_entry(person, patient_url),
         post_entry(observation("x", subject={"reference": patient_url})),
         put_entry({**kept, "active": True}, ifMatch='W/"1"'),
@@ -182,79 +184,80 @@ async def test_transaction_rolls_back_when_a_put_fails_if_match(client):
     assert outcome["issue"][0]["diagnostics"].startswith("Bundle.entry[4]")
 
     # No trace: nothing created, the update and the delete undone, no history written.
-    assert (await search(client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|{number}"}))["total"] == 0
+    assert (await search(doctor_client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|{number}"}))["total"] == 0
     for resource_type in ("Patient", "Observation"):
-        assert (await history_since(client, resource_type, since))["total"] == 0
+        assert (await history_since(doctor_client, resource_type, since))["total"] == 0
     for original in (kept, to_delete):
-        current = await client.get(f"/fhir/Patient/{original['id']}")
+        current = await doctor_client.get(f"/fhir/Patient/{original['id']}")
         assert current.status_code == 200 and current.json() == original
-        assert (await search(client, f"Patient/{original['id']}/_history"))["total"] == 1
+        assert (await search(doctor_client, f"Patient/{original['id']}/_history"))["total"] == 1
     # The number of the new patient is free; the restored patient still holds its own.
-    await create(client, person)
-    clash = await client.post("/fhir/Patient", json={**patient(), "identifier": to_delete["identifier"],
-                                                     "birthDate": to_delete["birthDate"],
-                                                     "gender": to_delete["gender"]}, headers=JSON_HEADERS)
+    await create(doctor_client, person)
+    clash = await doctor_client.post("/fhir/Patient", json={**patient(organization=world.home),
+                                                            "identifier": to_delete["identifier"],
+                                                            "birthDate": to_delete["birthDate"],
+                                                            "gender": to_delete["gender"]}, headers=JSON_HEADERS)
     assert_outcome(clash, 409, "duplicate")
 
 
-async def test_transaction_rolls_back_on_duplicate_national_id_inside_it(client):
-    person = patient()
+async def test_transaction_rolls_back_on_duplicate_national_id_inside_it(doctor_client, world):
+    person = patient(organization=world.home)
     number = person["identifier"][0]["value"]
     since = server_now()
-    response = await send(client, "transaction", [post_entry(person), post_entry(dict(person))])
+    response = await send(doctor_client, "transaction", [post_entry(person), post_entry(dict(person))])
     assert_outcome(response, 409, "duplicate", expression="Patient.identifier")
-    assert (await search(client, "Patient", {"identifier": number}))["total"] == 0
-    assert (await history_since(client, "Patient", since))["total"] == 0
-    await create(client, person)
+    assert (await search(doctor_client, "Patient", {"identifier": number}))["total"] == 0
+    assert (await history_since(doctor_client, "Patient", since))["total"] == 0
+    await create(doctor_client, person)
 
 
-async def test_transaction_rolls_back_when_deleting_unknown(client):
-    person = patient()
+async def test_transaction_rolls_back_when_deleting_unknown(doctor_client, world):
+    person = patient(organization=world.home)
     since = server_now()
-    response = await send(client, "transaction", [
+    response = await send(doctor_client, "transaction", [
         post_entry(person), {"request": {"method": "DELETE", "url": f"Patient/{tag()}"}}])
     assert_outcome(response, 404, "not-found", expression="Bundle.entry[1]")
-    assert (await history_since(client, "Patient", since))["total"] == 0
-    await create(client, person)
+    assert (await history_since(doctor_client, "Patient", since))["total"] == 0
+    await create(doctor_client, person)
 
 
 # --- Patient/$everything ----------------------------------------------------------------------------------
 
 
-async def test_everything_is_the_compartment_paged(client):
-    owner = await create(client, patient())
+async def test_everything_is_the_compartment_paged(doctor_client, world):
+    owner = await create(doctor_client, patient(organization=world.home))
     pid = owner["id"]
-    enc = await create(client, encounter(pid))
+    enc = await create(doctor_client, encounter(pid))
     mine = {("Patient", pid), ("Encounter", enc["id"])}
     for _ in range(3):
-        mine.add(("Observation", (await create(client, observation(pid)))["id"]))
+        mine.add(("Observation", (await create(doctor_client, observation(pid)))["id"]))
     for code in ("I10", "E11"):
-        mine.add(("Condition", (await create(client, condition(pid, code=code)))["id"]))
-    other = await create(client, patient())
-    await create(client, observation(other["id"]))
-    await create(client, condition(other["id"]))
-    gone = await create(client, observation(pid))
-    await client.delete(f"/fhir/Observation/{gone['id']}")
+        mine.add(("Condition", (await create(doctor_client, condition(pid, code=code)))["id"]))
+    other = await create(doctor_client, patient(organization=world.home))
+    await create(doctor_client, observation(other["id"]))
+    await create(doctor_client, condition(other["id"]))
+    gone = await create(doctor_client, observation(pid))
+    await doctor_client.delete(f"/fhir/Observation/{gone['id']}")
 
-    whole = await search(client, f"Patient/{pid}/$everything")
+    whole = await search(doctor_client, f"Patient/{pid}/$everything")
     assert whole["type"] == "searchset" and whole["total"] == len(mine) == 7
     assert whole["entry"][0]["resource"]["id"] == pid
     assert {(e["resource"]["resourceType"], e["resource"]["id"]) for e in whole["entry"]} == mine
 
-    first = await search(client, f"Patient/{pid}/$everything", {"_count": "3"})
-    pages = await walk_pages(client, first)
+    first = await search(doctor_client, f"Patient/{pid}/$everything", {"_count": "3"})
+    pages = await walk_pages(doctor_client, first)
     assert [len(p["entry"]) for p in pages] == [3, 3, 1]
     walked = [(e["resource"]["resourceType"], e["resource"]["id"]) for p in pages for e in p["entry"]]
     assert len(walked) == len(set(walked)) and set(walked) == mine
     assert link(pages[1], "previous") is not None
-    assert (await client.get(link(pages[1], "previous"))).json()["entry"] == first["entry"]
+    assert (await doctor_client.get(link(pages[1], "previous"))).json()["entry"] == first["entry"]
 
 
-async def test_everything_refusals(client):
-    assert_outcome(await client.get(f"/fhir/Patient/{tag()}/$everything"), 404, "not-found")
-    gone = await create(client, patient())
-    await client.delete(f"/fhir/Patient/{gone['id']}")
-    assert_outcome(await client.get(f"/fhir/Patient/{gone['id']}/$everything"), 410, "deleted")
-    owner = await create(client, patient())
-    assert_outcome(await client.get(f"/fhir/Patient/{owner['id']}/$everything", params={"_count": "x"}),
+async def test_everything_refusals(doctor_client, world):
+    assert_outcome(await doctor_client.get(f"/fhir/Patient/{tag()}/$everything"), 404, "not-found")
+    gone = await create(doctor_client, patient(organization=world.home))
+    await doctor_client.delete(f"/fhir/Patient/{gone['id']}")
+    assert_outcome(await doctor_client.get(f"/fhir/Patient/{gone['id']}/$everything"), 410, "deleted")
+    owner = await create(doctor_client, patient(organization=world.home))
+    assert_outcome(await doctor_client.get(f"/fhir/Patient/{owner['id']}/$everything", params={"_count": "x"}),
                    400, "value")

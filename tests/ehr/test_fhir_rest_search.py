@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from fhir_rest_support import (
+from sample_records import (
     ICD10, LOINC, OBS_CATEGORY_SYSTEM, assert_outcome, chinese_given, condition, create, encounter, ids, link,
     observation, organization, patient, search, tag, walk_pages,
 )
@@ -16,24 +16,24 @@ from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, USCC_SYSTEM
 # --- common parameters -------------------------------------------------------------------------------
 
 
-async def test_search_by_id_single_and_list(client):
-    a, b, _ = [await create(client, patient()) for _ in range(3)]
-    bundle = await search(client, "Patient", {"_id": a["id"]})
+async def test_search_by_id_single_and_list(doctor_client, world):
+    a, b, _ = [await create(doctor_client, patient(organization=world.home)) for _ in range(3)]
+    bundle = await search(doctor_client, "Patient", {"_id": a["id"]})
     assert bundle["type"] == "searchset" and bundle["total"] == 1 and ids(bundle) == [a["id"]]
     assert bundle["entry"][0]["fullUrl"] == f"http://testserver/fhir/Patient/{a['id']}"
-    both = await search(client, "Patient", {"_id": f"{a['id']},{b['id']}"})
+    both = await search(doctor_client, "Patient", {"_id": f"{a['id']},{b['id']}"})
     assert sorted(ids(both)) == sorted([a["id"], b["id"]])
-    assert (await search(client, "Patient", {"_id": tag()}))["total"] == 0
+    assert (await search(doctor_client, "Patient", {"_id": tag()}))["total"] == 0
 
 
-async def test_search_last_updated_prefixes(client):
+async def test_search_last_updated_prefixes(doctor_client, world):
     family = tag()
-    made = await create(client, patient(family=family))
+    made = await create(doctor_client, patient(organization=world.home, family=family))
     stamp = made["meta"]["lastUpdated"]  # millisecond precision, Z
     day = stamp[:10]
 
     async def found(value: str) -> bool:
-        return ids(await search(client, "Patient", {"family": family, "_lastUpdated": value})) == [made["id"]]
+        return ids(await search(doctor_client, "Patient", {"family": family, "_lastUpdated": value})) == [made["id"]]
 
     assert await found(stamp) and await found(f"eq{stamp}")
     assert await found(f"ge{stamp}") and await found(f"le{stamp}")
@@ -44,118 +44,119 @@ async def test_search_last_updated_prefixes(client):
     assert await found(f"sa2020-01-01T00:00:00Z") and not await found("eb2020-01-01")
 
 
-async def test_count_default_max_and_zero(client):
+async def test_count_default_max_and_zero(doctor_client, world):
     family = tag()
     for _ in range(23):
-        await create(client, patient(family=family, with_id_number=False))
-    default = await search(client, "Patient", {"family": family})
+        await create(doctor_client, patient(organization=world.home, family=family, with_id_number=False))
+    default = await search(doctor_client, "Patient", {"family": family})
     assert default["total"] == 23 and len(default["entry"]) == 20
     assert "_count=20" in link(default, "self") and link(default, "next") is not None
 
-    capped = await search(client, "Patient", {"family": family, "_count": "1000"})
+    capped = await search(doctor_client, "Patient", {"family": family, "_count": "1000"})
     assert len(ids(capped)) == 23 and "_count=500" in link(capped, "self")
     outcome = [e for e in capped["entry"] if e["search"]["mode"] == "outcome"]
     assert outcome and outcome[0]["resource"]["issue"][0]["severity"] == "warning"
 
-    none = await search(client, "Patient", {"family": family, "_count": "0"})
+    none = await search(doctor_client, "Patient", {"family": family, "_count": "0"})
     assert none["total"] == 23 and "entry" not in none and link(none, "next") is None
 
 
-async def test_sort_ascending_descending_and_by_last_updated(client):
+async def test_sort_ascending_descending_and_by_last_updated(doctor_client, world):
     family = tag()
     dates = [dt.date(1970, 5, 1), dt.date(1990, 1, 2), dt.date(1955, 12, 31)]
-    made = [await create(client, patient(family=family, birth_date=d)) for d in dates]
+    made = [await create(doctor_client, patient(organization=world.home, family=family, birth_date=d)) for d in dates]
     by_date = {m["birthDate"]: m["id"] for m in made}
-    ascending = await search(client, "Patient", {"family": family, "_sort": "birthdate"})
+    ascending = await search(doctor_client, "Patient", {"family": family, "_sort": "birthdate"})
     assert ids(ascending) == [by_date[d] for d in sorted(by_date)]
-    descending = await search(client, "Patient", {"family": family, "_sort": "-birthdate"})
+    descending = await search(doctor_client, "Patient", {"family": family, "_sort": "-birthdate"})
     assert ids(descending) == [by_date[d] for d in sorted(by_date, reverse=True)]
-    newest = await search(client, "Patient", {"family": family, "_sort": "-_lastUpdated"})
+    newest = await search(doctor_client, "Patient", {"family": family, "_sort": "-_lastUpdated"})
     assert ids(newest) == [m["id"] for m in reversed(made)]
     assert "_sort=-birthdate" in link(descending, "self")
-    assert_outcome(await client.get("/fhir/Patient", params={"_sort": "shoe-size"}), 400, "not-supported",
+    assert_outcome(await doctor_client.get("/fhir/Patient", params={"_sort": "shoe-size"}), 400, "not-supported",
                    diagnostics="shoe-size")
 
 
-async def test_include_and_revinclude(client):
-    org = await create(client, organization())
-    owner = await create(client, patient(managingOrganization={"reference": f"Organization/{org['id']}"}))
-    obs = [await create(client, observation(owner["id"])) for _ in range(2)]
-    other = await create(client, patient())
-    await create(client, observation(other["id"]))
+async def test_include_and_revinclude(doctor_client, world):
+    owner = await create(doctor_client, patient(organization=world.home))
+    obs = [await create(doctor_client, observation(owner["id"])) for _ in range(2)]
+    other = await create(doctor_client, patient(organization=world.home))
+    await create(doctor_client, observation(other["id"]))
 
-    bundle = await search(client, "Observation", {"patient": owner["id"], "_include": "Observation:patient"})
+    bundle = await search(doctor_client, "Observation", {"patient": owner["id"], "_include": "Observation:patient"})
     assert sorted(ids(bundle)) == sorted(o["id"] for o in obs)
     assert ids(bundle, "include") == [owner["id"]]  # once, though both observations point at it
     assert bundle["total"] == 2  # total counts matches only
 
-    rev = await search(client, "Patient", {"_id": owner["id"], "_revinclude": "Observation:patient",
-                                           "_include": "Patient:organization"})
+    rev = await search(doctor_client, "Patient", {"_id": owner["id"], "_revinclude": "Observation:patient",
+                                                  "_include": "Patient:organization"})
     assert ids(rev) == [owner["id"]]
     included = {(e["resource"]["resourceType"], e["resource"]["id"]) for e in rev["entry"]
                 if e["search"]["mode"] == "include"}
-    assert included == {("Observation", o["id"]) for o in obs} | {("Organization", org["id"])}
+    # The doctor registers patients only at their own hospital, so that is the organization included.
+    home = world.home.removeprefix("Organization/")
+    assert included == {("Observation", o["id"]) for o in obs} | {("Organization", home)}
 
-    assert_outcome(await client.get("/fhir/Observation", params={"_include": "Observation:code"}), 400,
+    assert_outcome(await doctor_client.get("/fhir/Observation", params={"_include": "Observation:code"}), 400,
                    "invalid", diagnostics="not a reference parameter")
 
 
-async def test_summary_count_and_elements(client):
+async def test_summary_count_and_elements(doctor_client, world):
     family = tag()
     for _ in range(3):
-        await create(client, patient(family=family))
-    counted = await search(client, "Patient", {"family": family, "_summary": "count"})
+        await create(doctor_client, patient(organization=world.home, family=family))
+    counted = await search(doctor_client, "Patient", {"family": family, "_summary": "count"})
     assert counted["total"] == 3 and "entry" not in counted
 
-    shaped = await search(client, "Patient", {"family": family, "_elements": "gender,birthDate"})
+    shaped = await search(doctor_client, "Patient", {"family": family, "_elements": "gender,birthDate"})
     for entry in shaped["entry"]:
         resource = entry["resource"]
         assert set(resource) == {"resourceType", "id", "meta", "gender", "birthDate"}
         assert any(t["code"] == "SUBSETTED" for t in resource["meta"]["tag"])
-    assert_outcome(await client.get("/fhir/Patient", params={"_summary": "maybe"}), 400, "value")
+    assert_outcome(await doctor_client.get("/fhir/Patient", params={"_summary": "maybe"}), 400, "value")
 
 
 # --- Patient parameters --------------------------------------------------------------------------------
 
 
-async def test_patient_identifier_token_forms(client):
-    made = await create(client, patient())
+async def test_patient_identifier_token_forms(doctor_client, world):
+    made = await create(doctor_client, patient(organization=world.home))
     number = made["identifier"][0]["value"]
     for value in (f"{NATIONAL_ID_SYSTEM}|{number}", number):
-        assert ids(await search(client, "Patient", {"identifier": value})) == [made["id"]]
-    assert (await search(client, "Patient", {"identifier": f"urn:other|{number}"}))["total"] == 0
-    assert made["id"] in ids(await search(client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|",
-                                                               "_id": made["id"]}))
+        assert ids(await search(doctor_client, "Patient", {"identifier": value})) == [made["id"]]
+    assert (await search(doctor_client, "Patient", {"identifier": f"urn:other|{number}"}))["total"] == 0
+    assert made["id"] in ids(await search(doctor_client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|",
+                                                                     "_id": made["id"]}))
 
 
-async def test_patient_name_family_given_string_modifiers(client):
+async def test_patient_name_family_given_string_modifiers(doctor_client, world):
     family, given = tag(), tag()
-    made = await create(client, patient(family=family, given=[given, "Mary"]))
+    made = await create(doctor_client, patient(organization=world.home, family=family, given=[given, "Mary"]))
     pid = made["id"]
-    assert ids(await search(client, "Patient", {"name": family[:6], "_id": pid})) == [pid]
-    assert ids(await search(client, "Patient", {"name": family.upper()})) == [pid]  # case-insensitive
-    assert ids(await search(client, "Patient", {"name:exact": family})) == [pid]
-    assert ids(await search(client, "Patient", {"name:exact": family.upper()})) == []
-    assert ids(await search(client, "Patient", {"name:exact": family[:6], "_id": pid})) == []
-    assert ids(await search(client, "Patient", {"name:contains": family[3:9]})) == [pid]
-    assert ids(await search(client, "Patient", {"name": family[3:9], "_id": pid})) == []  # not a prefix
-    assert ids(await search(client, "Patient", {"family": family})) == [pid]
-    assert ids(await search(client, "Patient", {"given": given})) == [pid]
-    assert ids(await search(client, "Patient", {"given": "mary", "family": family})) == [pid]
-    assert ids(await search(client, "Patient", {"family": given})) == []
+    assert ids(await search(doctor_client, "Patient", {"name": family[:6], "_id": pid})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"name": family.upper()})) == [pid]  # case-insensitive
+    assert ids(await search(doctor_client, "Patient", {"name:exact": family})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"name:exact": family.upper()})) == []
+    assert ids(await search(doctor_client, "Patient", {"name:exact": family[:6], "_id": pid})) == []
+    assert ids(await search(doctor_client, "Patient", {"name:contains": family[3:9]})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"name": family[3:9], "_id": pid})) == []  # not a prefix
+    assert ids(await search(doctor_client, "Patient", {"family": family})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"given": given})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"given": "mary", "family": family})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"family": given})) == []
 
 
-async def test_patient_chinese_names(client):
+async def test_patient_chinese_names(doctor_client, world):
     given = chinese_given()
-    made = await create(client, patient(family="欧阳", given=[given]))
+    made = await create(doctor_client, patient(organization=world.home, family="欧阳", given=[given]))
     pid = made["id"]
     whole = "欧阳" + given
-    assert ids(await search(client, "Patient", {"name": whole})) == [pid]
-    assert ids(await search(client, "Patient", {"name:exact": whole})) == [pid]
-    assert ids(await search(client, "Patient", {"name": whole[:3]})) == [pid]
-    assert ids(await search(client, "Patient", {"name:contains": given[1:]})) == [pid]
-    assert ids(await search(client, "Patient", {"given": given})) == [pid]
-    assert pid in ids(await search(client, "Patient", {"family": "欧阳", "_count": "500"}))
+    assert ids(await search(doctor_client, "Patient", {"name": whole})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"name:exact": whole})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"name": whole[:3]})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"name:contains": given[1:]})) == [pid]
+    assert ids(await search(doctor_client, "Patient", {"given": given})) == [pid]
+    assert pid in ids(await search(doctor_client, "Patient", {"family": "欧阳", "_count": "500"}))
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -164,30 +165,35 @@ async def test_patient_chinese_names(client):
     ("gt1980-03-15", {1, 2}), ("lt1980-03-15", set()), ("sa1980-03-15", {1, 2}), ("eb1981", {0, 1}),
     ("ge1981-01-20", {2}), ("1979", set()),
 ])
-async def test_patient_birthdate_prefixes_and_precision(client, value, expected):
+async def test_patient_birthdate_prefixes_and_precision(doctor_client, world, value, expected):
     family = tag()
     births = [dt.date(1980, 3, 15), dt.date(1980, 7, 1), dt.date(1981, 1, 20)]
-    made = [await create(client, patient(family=family, birth_date=b)) for b in births]
-    found = set(ids(await search(client, "Patient", {"family": family, "birthdate": value})))
+    made = [await create(doctor_client, patient(organization=world.home, family=family, birth_date=b)) for b in births]
+    found = set(ids(await search(doctor_client, "Patient", {"family": family, "birthdate": value})))
     assert found == {made[i]["id"] for i in expected}
 
 
-async def test_patient_gender_telecom_organization(client):
+async def test_patient_gender_telecom_organization(doctor_client, world, admin_client):
     family = tag()
-    org = await create(client, organization())
+    org = await create(admin_client, organization())
     phone = "13" + str(uuid_digits(9))
-    woman = await create(client, patient(family=family, gender="female",
-                                         telecom=[{"system": "phone", "value": phone}],
-                                         managingOrganization={"reference": f"Organization/{org['id']}"}))
-    man = await create(client, patient(family=family, gender="male"))
-    assert ids(await search(client, "Patient", {"family": family, "gender": "male"})) == [man["id"]]
-    assert set(ids(await search(client, "Patient", {"family": family, "gender": "male,female"}))) == \
+    woman = await create(doctor_client, patient(organization=world.home, family=family, gender="female",
+                                                telecom=[{"system": "phone", "value": phone}]))
+    man = await create(doctor_client, patient(organization=world.home, family=family, gender="male"))
+    assert ids(await search(doctor_client, "Patient", {"family": family, "gender": "male"})) == [man["id"]]
+    assert set(ids(await search(doctor_client, "Patient", {"family": family, "gender": "male,female"}))) == \
         {man["id"], woman["id"]}
-    assert ids(await search(client, "Patient", {"telecom": phone})) == [woman["id"]]
-    assert ids(await search(client, "Patient", {"telecom": f"phone|{phone}"})) == [woman["id"]]
-    assert ids(await search(client, "Patient", {"telecom": f"email|{phone}"})) == []
+    assert ids(await search(doctor_client, "Patient", {"telecom": phone})) == [woman["id"]]
+    assert ids(await search(doctor_client, "Patient", {"telecom": f"phone|{phone}"})) == [woman["id"]]
+    assert ids(await search(doctor_client, "Patient", {"telecom": f"email|{phone}"})) == []
+    # The doctor may register patients only at their own hospital, so both carry it; a hospital that manages
+    # none of them matches none.
+    home = world.home.removeprefix("Organization/")
+    for value in (home, world.home, f"http://testserver/fhir/{world.home}"):
+        assert set(ids(await search(doctor_client, "Patient", {"organization": value, "family": family}))) == \
+            {woman["id"], man["id"]}
     for value in (org["id"], f"Organization/{org['id']}", f"http://testserver/fhir/Organization/{org['id']}"):
-        assert ids(await search(client, "Patient", {"organization": value})) == [woman["id"]]
+        assert ids(await search(doctor_client, "Patient", {"organization": value, "family": family})) == []
 
 
 def uuid_digits(n: int) -> str:
@@ -197,20 +203,21 @@ def uuid_digits(n: int) -> str:
 # --- clinical parameters ------------------------------------------------------------------------------
 
 
-async def test_observation_parameters(client):
-    owner = await create(client, patient())
+async def test_observation_parameters(doctor_client, world):
+    owner = await create(doctor_client, patient(organization=world.home))
     pid = owner["id"]
-    enc = await create(client, encounter(pid))
-    bp = await create(client, observation(pid, code="8480-6", effective="2024-03-01T08:00:00Z",
-                                          encounter={"reference": f"Encounter/{enc['id']}"}))
-    glucose = await create(client, observation(pid, code="2345-7", status="preliminary", category="laboratory",
-                                               effective="2024-05-20T10:30:00+08:00"))
+    enc = await create(doctor_client, encounter(pid))
+    bp = await create(doctor_client, observation(pid, code="8480-6", effective="2024-03-01T08:00:00Z",
+                                                 encounter={"reference": f"Encounter/{enc['id']}"}))
+    glucose = await create(doctor_client, observation(pid, code="2345-7", status="preliminary", category="laboratory",
+                                                      effective="2024-05-20T10:30:00+08:00"))
 
     async def found(**params) -> set[str]:
-        return set(ids(await search(client, "Observation", {"patient": pid, **params})))
+        return set(ids(await search(doctor_client, "Observation", {"patient": pid, **params})))
 
     assert await found() == {bp["id"], glucose["id"]}
-    assert set(ids(await search(client, "Observation", {"subject": f"Patient/{pid}"}))) == {bp["id"], glucose["id"]}
+    assert set(ids(await search(doctor_client, "Observation", {"subject": f"Patient/{pid}"}))) == \
+        {bp["id"], glucose["id"]}
     assert await found(code=f"{LOINC}|8480-6") == {bp["id"]}
     assert await found(code="2345-7") == {glucose["id"]}
     assert await found(code=f"{LOINC}|") == {bp["id"], glucose["id"]}
@@ -228,50 +235,52 @@ async def test_observation_parameters(client):
     assert await found(date="gt2024") == set()
 
 
-async def test_condition_and_encounter_parameters(client):
-    owner = await create(client, patient())
+async def test_condition_and_encounter_parameters(doctor_client, world):
+    owner = await create(doctor_client, patient(organization=world.home))
     pid = owner["id"]
-    enc = await create(client, encounter(pid))
-    hypertension = await create(client, condition(pid, code="I10", encounter={"reference": f"Encounter/{enc['id']}"}))
-    diabetes = await create(client, condition(pid, code="E11.9", recordedDate="2023-06-01"))
-    assert ids(await search(client, "Condition", {"patient": pid, "code": f"{ICD10}|E11.9"})) == [diabetes["id"]]
-    assert ids(await search(client, "Condition", {"subject": f"Patient/{pid}", "encounter": enc["id"]})) == \
+    enc = await create(doctor_client, encounter(pid))
+    hypertension = await create(doctor_client, condition(pid, code="I10",
+                                                         encounter={"reference": f"Encounter/{enc['id']}"}))
+    diabetes = await create(doctor_client, condition(pid, code="E11.9", recordedDate="2023-06-01"))
+    assert ids(await search(doctor_client, "Condition", {"patient": pid, "code": f"{ICD10}|E11.9"})) == [diabetes["id"]]
+    assert ids(await search(doctor_client, "Condition", {"subject": f"Patient/{pid}", "encounter": enc["id"]})) == \
         [hypertension["id"]]
-    assert set(ids(await search(client, "Condition", {
+    assert set(ids(await search(doctor_client, "Condition", {
         "patient": pid, "category": "problem-list-item"}))) == {hypertension["id"], diabetes["id"]}
-    assert ids(await search(client, "Condition", {"patient": pid, "date": "lt2024"})) == [diabetes["id"]]
-    assert ids(await search(client, "Encounter", {"patient": pid, "status": "finished",
-                                                  "date": "2024-03-01"})) == [enc["id"]]
+    assert ids(await search(doctor_client, "Condition", {"patient": pid, "date": "lt2024"})) == [diabetes["id"]]
+    assert ids(await search(doctor_client, "Encounter", {"patient": pid, "status": "finished",
+                                                         "date": "2024-03-01"})) == [enc["id"]]
 
 
 # --- Organization parameters --------------------------------------------------------------------------
 
 
-async def test_organization_parameters(client):
+async def test_organization_parameters(doctor_client, admin_client):
     word = tag()
-    parent = await create(client, organization(name=f"山东省立医院 {word}"))
-    child = await create(client, organization(
+    parent = await create(admin_client, organization(name=f"山东省立医院 {word}"))
+    child = await create(admin_client, organization(
         name=f"Qilu County Hospital {word}",
         type=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/organization-type", "code": "prov"}]}],
         partOf={"reference": f"Organization/{parent['id']}"},
         address=[{"city": f"济南市{word}", "district": "历下区", "line": ["经十路 1 号"]}]))
     uscc = child["identifier"][0]["value"]
-    assert ids(await search(client, "Organization", {"identifier": f"{USCC_SYSTEM}|{uscc}"})) == [child["id"]]
-    assert ids(await search(client, "Organization", {"name": "qilu county", "address": f"济南市{word}"})) == \
+    assert ids(await search(doctor_client, "Organization", {"identifier": f"{USCC_SYSTEM}|{uscc}"})) == [child["id"]]
+    assert ids(await search(doctor_client, "Organization", {"name": "qilu county", "address": f"济南市{word}"})) == \
         [child["id"]]
-    assert ids(await search(client, "Organization", {"name:contains": f"医院 {word}"})) == [parent["id"]]
-    assert ids(await search(client, "Organization", {"partof": parent["id"]})) == [child["id"]]
-    assert ids(await search(client, "Organization", {"type": "prov", "address": f"济南市{word}"})) == [child["id"]]
-    assert ids(await search(client, "Organization", {"address": f"济南市{word}", "type": "dept"})) == []
+    assert ids(await search(doctor_client, "Organization", {"name:contains": f"医院 {word}"})) == [parent["id"]]
+    assert ids(await search(doctor_client, "Organization", {"partof": parent["id"]})) == [child["id"]]
+    assert ids(await search(doctor_client, "Organization", {"type": "prov", "address": f"济南市{word}"})) == \
+        [child["id"]]
+    assert ids(await search(doctor_client, "Organization", {"address": f"济南市{word}", "type": "dept"})) == []
 
 
 # --- unknown parameters, POST _search -----------------------------------------------------------------
 
 
-async def test_unknown_parameter_lenient_and_strict(client):
+async def test_unknown_parameter_lenient_and_strict(doctor_client, world):
     family = tag()
-    made = await create(client, patient(family=family))
-    bundle = await search(client, "Patient", {"family": family, "shoe-size": "42"})
+    made = await create(doctor_client, patient(organization=world.home, family=family))
+    bundle = await search(doctor_client, "Patient", {"family": family, "shoe-size": "42"})
     assert ids(bundle) == [made["id"]]
     outcomes = [e for e in bundle["entry"] if e["search"]["mode"] == "outcome"]
     assert len(outcomes) == 1
@@ -281,22 +290,23 @@ async def test_unknown_parameter_lenient_and_strict(client):
     assert "shoe-size" in issue["diagnostics"] and issue["expression"] == ["shoe-size"]
     assert "shoe-size" not in link(bundle, "self")
 
-    strict = await client.get("/fhir/Patient", params={"family": family, "shoe-size": "42"},
-                              headers={"Prefer": "handling=strict"})
+    strict = await doctor_client.get("/fhir/Patient", params={"family": family, "shoe-size": "42"},
+                                     headers={"Prefer": "handling=strict"})
     assert_outcome(strict, 400, "not-supported", expression="shoe-size", diagnostics="shoe-size")
 
 
-async def test_post_search_matches_get(client):
+async def test_post_search_matches_get(doctor_client, world):
     family = tag()
-    made = [await create(client, patient(family=family)) for _ in range(2)]
-    response = await client.post("/fhir/Patient/_search", data={"family": family, "_sort": "_id"})
+    made = [await create(doctor_client, patient(organization=world.home, family=family)) for _ in range(2)]
+    response = await doctor_client.post("/fhir/Patient/_search", data={"family": family, "_sort": "_id"})
     assert response.status_code == 200, response.text
     assert ids(response.json()) == sorted(m["id"] for m in made)
-    mixed = await client.post(f"/fhir/Patient/_search?_id={made[0]['id']}", data={"family": family})
+    mixed = await doctor_client.post(f"/fhir/Patient/_search?_id={made[0]['id']}", data={"family": family})
     assert ids(mixed.json()) == [made[0]["id"]]
-    wrong = await client.post("/fhir/Patient/_search", json={"family": family})
+    wrong = await doctor_client.post("/fhir/Patient/_search", json={"family": family})
     assert_outcome(wrong, 415, "not-supported")
-    strict = await client.post("/fhir/Patient/_search", data={"nope": "1"}, headers={"Prefer": "handling=strict"})
+    strict = await doctor_client.post("/fhir/Patient/_search", data={"nope": "1"},
+                                      headers={"Prefer": "handling=strict"})
     assert_outcome(strict, 400, "not-supported")
 
 
@@ -304,15 +314,16 @@ async def test_post_search_matches_get(client):
 
 
 @pytest.mark.parametrize("sort", [None, "-birthdate", "family,-_lastUpdated"])
-async def test_paging_walks_every_result_once(client, sort):
+async def test_paging_walks_every_result_once(doctor_client, world, sort):
     family = tag()
-    made = {(await create(client, patient(family=family, with_id_number=False)))["id"] for _ in range(23)}
+    made = {(await create(doctor_client, patient(organization=world.home, family=family, with_id_number=False)))["id"]
+            for _ in range(23)}
     params = {"family": family, "_count": "5"}
     if sort:
         params["_sort"] = sort
-    first = await search(client, "Patient", params)
+    first = await search(doctor_client, "Patient", params)
     assert first["total"] == 23 and link(first, "previous") is None
-    pages = await walk_pages(client, first)
+    pages = await walk_pages(doctor_client, first)
     assert [len(ids(p)) for p in pages] == [5, 5, 5, 5, 3]
     assert all(p["total"] == 23 for p in pages)
     walked = [i for p in pages for i in ids(p)]
@@ -320,21 +331,22 @@ async def test_paging_walks_every_result_once(client, sort):
     assert link(pages[-1], "next") is None
 
     # previous goes back exactly one page
-    back = (await client.get(link(pages[2], "previous"))).json()
+    back = (await doctor_client.get(link(pages[2], "previous"))).json()
     assert ids(back) == ids(pages[1])
     if sort:
         assert all(f"_sort={sort}".replace(",", "%2C") in link(p, "self") for p in pages)
 
 
-async def test_paging_by_post_search_links_are_gettable(client):
+async def test_paging_by_post_search_links_are_gettable(doctor_client, world):
     family = tag()
-    made = {(await create(client, patient(family=family, with_id_number=False)))["id"] for _ in range(7)}
-    first = (await client.post("/fhir/Patient/_search", data={"family": family, "_count": "3"})).json()
-    walked = [i for p in await walk_pages(client, first) for i in ids(p)]
+    made = {(await create(doctor_client, patient(organization=world.home, family=family, with_id_number=False)))["id"]
+            for _ in range(7)}
+    first = (await doctor_client.post("/fhir/Patient/_search", data={"family": family, "_count": "3"})).json()
+    walked = [i for p in await walk_pages(doctor_client, first) for i in ids(p)]
     assert sorted(walked) == sorted(made)
 
 
-async def test_bad_search_values(client):
+async def test_bad_search_values(doctor_client):
     cases = [
         ({"_count": "abc"}, "value", "_count"),
         ({"_count": "-1"}, "value", "_count"),
@@ -346,18 +358,19 @@ async def test_bad_search_values(client):
         ({"identifier": "a|b|c"}, "invalid", "identifier"),
     ]
     for params, code, expression in cases:
-        response = await client.get("/fhir/Patient", params=params)
+        response = await doctor_client.get("/fhir/Patient", params=params)
         assert_outcome(response, 400, code, expression=expression)
-    assert_outcome(await client.get("/fhir/Nothing", params={"_id": "x"}), 404, "not-supported")
+    assert_outcome(await doctor_client.get("/fhir/Nothing", params={"_id": "x"}), 404, "not-supported")
 
 
-async def test_paging_without_total_still_links_next(client):
+async def test_paging_without_total_still_links_next(doctor_client, world):
     family = tag()
-    made = {(await create(client, patient(family=family, with_id_number=False)))["id"] for _ in range(5)}
-    first = await search(client, "Patient", {"family": family, "_count": "2", "_total": "none"})
+    made = {(await create(doctor_client, patient(organization=world.home, family=family, with_id_number=False)))["id"]
+            for _ in range(5)}
+    first = await search(doctor_client, "Patient", {"family": family, "_count": "2", "_total": "none"})
     assert "total" not in first
-    pages = await walk_pages(client, first)
+    pages = await walk_pages(doctor_client, first)
     assert [len(ids(p)) for p in pages] == [2, 2, 1]
     assert sorted(i for p in pages for i in ids(p)) == sorted(made)
-    exact = await search(client, "Patient", {"family": family, "_count": "5", "_total": "none"})
+    exact = await search(doctor_client, "Patient", {"family": family, "_count": "5", "_total": "none"})
     assert len(ids(exact)) == 5 and link(exact, "next") is None

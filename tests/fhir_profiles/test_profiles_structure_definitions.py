@@ -29,6 +29,8 @@ EXPECTED_IDS = {
     "medical-alliance",
     "ehealth-card",
     "ehealth-card-status",
+    "referral-capacity",
+    "accepting-referrals",
 }
 DEFINITIONS = load_structure_definitions()
 

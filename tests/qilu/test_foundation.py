@@ -78,26 +78,34 @@ async def test_wrong_method_is_problem_json_405(client):
     assert response.json()["status"] == 405
 
 
-async def test_oversize_declared_body_is_413_and_writes_nothing(client, settings):
-    before = (await client.get("/fhir/Patient", params={"_summary": "count"})).json()["total"]
+async def test_oversize_declared_body_is_413_and_writes_nothing(doctor_client, settings):
+    before = (await doctor_client.get("/fhir/Patient", params={"_summary": "count"})).json()["total"]
     big = b'{"resourceType": "Patient", "text": "' + b"x" * (settings.max_body_bytes + 10) + b'"}'
-    response = await client.post("/fhir/Patient", content=big, headers={"content-type": "application/fhir+json"})
+    response = await doctor_client.post("/fhir/Patient", content=big, headers={"content-type": "application/fhir+json"})
     assert response.status_code == 413
     assert response.json()["resourceType"] == "OperationOutcome"
     assert response.json()["issue"][0]["code"] == "too-costly"
-    after = (await client.get("/fhir/Patient", params={"_summary": "count"})).json()["total"]
+    after = (await doctor_client.get("/fhir/Patient", params={"_summary": "count"})).json()["total"]
     assert after == before
 
 
-async def test_oversize_streamed_body_without_length_is_413(client, settings):
+async def test_oversize_streamed_body_without_length_is_413(doctor_client, settings):
     chunk = b"x" * (1024 * 1024)
 
     async def chunks():
         for _ in range(settings.max_body_bytes // len(chunk) + 2):
             yield chunk
 
-    response = await client.post("/fhir/Patient", content=chunks(), headers={"content-type": "application/fhir+json"})
+    response = await doctor_client.post("/fhir/Patient", content=chunks(),
+                                        headers={"content-type": "application/fhir+json"})
     assert response.status_code == 413
+
+
+async def test_fhir_without_a_token_is_401_with_a_challenge(client):
+    response = await client.get("/fhir/Patient", params={"_summary": "count"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["resourceType"] == "OperationOutcome"
 
 
 async def test_request_id_is_echoed_or_made(client):
@@ -107,8 +115,8 @@ async def test_request_id_is_echoed_or_made(client):
     assert len(made.headers["x-request-id"]) == 32
 
 
-async def test_metrics_count_requests_per_route_template(client):
-    await client.get("/fhir/Patient/does-not-exist")
+async def test_metrics_count_requests_per_route_template(client, doctor_client):
+    await doctor_client.get("/fhir/Patient/does-not-exist")
     text = (await client.get("/metrics")).text
     assert 'qilu_http_requests_total{method="GET",route="/fhir/{resource_type}/{resource_id}",status="404"}' in text
     assert "qilu_http_request_duration_seconds_bucket" in text
@@ -122,8 +130,8 @@ async def test_metrics_count_requests_per_route_template(client):
     ("/fhir", b"null"),
     ("/fhir/Nonsense", b"{}"),
 ])
-async def test_malformed_input_is_a_clear_4xx_never_500(client, path, body):
-    response = await client.post(path, content=body, headers={"content-type": "application/fhir+json"})
+async def test_malformed_input_is_a_clear_4xx_never_500(doctor_client, path, body):
+    response = await doctor_client.post(path, content=body, headers={"content-type": "application/fhir+json"})
     assert 400 <= response.status_code < 500
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["diagnostics"]

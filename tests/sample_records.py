@@ -19,6 +19,7 @@ OBS_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-categor
 LOINC = "http://loinc.org"
 ICD10 = "http://hl7.org/fhir/sid/icd-10"
 
+PASSWORD = "correct horse 42"
 _rng = random.Random(uuid.uuid4().int)
 _issued_ids: set[str] = set()
 
@@ -42,12 +43,20 @@ def national_id(birth_date: dt.date, sex: str, region: str = "370102") -> str:
             return number
 
 
+def new_national_id() -> str:
+    """A fresh valid ID number of a random resident."""
+    return national_id(random_birth_date(), _rng.choice(("male", "female")))
+
+
 def random_birth_date() -> dt.date:
     return dt.date(1940, 1, 1) + dt.timedelta(days=_rng.randrange(365 * 60))
 
 
-def patient(*, family: str | None = None, given: list[str] | None = None, gender: str = "female",
-            birth_date: dt.date | None = None, with_id_number: bool = True, **extra: Any) -> dict[str, Any]:
+def patient(*, organization: str | None = None, family: str | None = None, given: list[str] | None = None,
+            gender: str = "female", birth_date: dt.date | None = None, with_id_number: bool = True,
+            **extra: Any) -> dict[str, Any]:
+    """A valid Patient; `organization` ("Organization/..") becomes its managingOrganization, which decides
+    which practitioners may write it."""
     birth_date = birth_date or random_birth_date()
     resource: dict[str, Any] = {
         "resourceType": "Patient",
@@ -57,6 +66,8 @@ def patient(*, family: str | None = None, given: list[str] | None = None, gender
     }
     if with_id_number:
         resource["identifier"] = [{"system": NATIONAL_ID_SYSTEM, "value": national_id(birth_date, gender)}]
+    if organization is not None:
+        resource["managingOrganization"] = {"reference": organization}
     resource.update(extra)
     return resource
 

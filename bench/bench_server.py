@@ -1,0 +1,92 @@
+"""A live `qilu serve` on a loopback port for the benches, and the organization and people that drive it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from motor.motor_asyncio import AsyncIOMotorDatabase
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ehr.service import RecordService  # noqa: E402
+from ehr.store import RecordStore  # noqa: E402
+from fhir_profiles.identifiers import USCC_SYSTEM, make_uscc  # noqa: E402
+from qilu.accounts import add_user  # noqa: E402
+from qilu.identity import Role, User  # noqa: E402
+from qilu.settings import Settings  # noqa: E402
+
+PASSWORD = "bench password 42"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(settings: Settings, db_name: str, port: int, *, log_name: str, log_level: str = "INFO",
+                 workers: int = 1) -> subprocess.Popen:
+    """`qilu serve` on 127.0.0.1:port against database `db_name`; returns once /healthz answers (or exits)."""
+    env = {**os.environ, "QILU_MONGODB_DB": db_name, "QILU_LOG_LEVEL": log_level}
+    log_path = settings.path("log", log_name)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "qilu", "serve", "--host", "127.0.0.1", "--port", str(port),
+                                 "--workers", str(workers)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"qilu serve exited with {proc.returncode}; see {log_path}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            raise SystemExit(f"qilu serve did not answer within 30 s; see {log_path}")
+        time.sleep(0.1)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+async def add_organization(db: AsyncIOMotorDatabase, fhir_base: str, name: str) -> str:
+    """An Organization written as the system (no caller reach); returns "Organization/{id}"."""
+    records = RecordService(RecordStore(db), fhir_base)
+    written, _ = await records.create("Organization", {
+        "resourceType": "Organization", "name": name,
+        "identifier": [{"system": USCC_SYSTEM, "value": make_uscc(uuid.uuid4().hex)}]})
+    return f"Organization/{written.resource_id}"
+
+
+async def add_person(db: AsyncIOMotorDatabase, fhir_base: str, role: Role, login: str, name: str,
+                     organization: str | None) -> User:
+    """A user with PASSWORD; a patient's `organization` becomes their managingOrganization."""
+    return await add_user(db, fhir_base, role=role, login=login, password=PASSWORD, name=name,
+                          organization=organization)
+
+
+async def log_in(http: httpx.AsyncClient, login: str) -> dict[str, str]:
+    """Log in through the API (OAuth2 password form); returns the Authorization header to send."""
+    # The form's content type named outright: a client whose default is FHIR JSON would send that instead.
+    response = await http.post("/api/auth/token", data={"username": login, "password": PASSWORD},
+                               headers={"content-type": "application/x-www-form-urlencoded"})
+    if response.status_code != 200:
+        raise SystemExit(f"login of {login} refused: {response.status_code} {response.text[:200]}")
+    return {"authorization": "Bearer " + response.json()["access_token"]}

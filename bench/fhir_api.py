@@ -1,0 +1,367 @@
+"""What the FHIR API costs over the bare driver: create, read and search through a real server beside motor.
+
+Creates an Organization and a practitioner there in database `qilu_bench` (dropped at start and end), starts
+`qilu serve` on a loopback port, logs the practitioner in, then for each operation runs it over HTTP
+(httpx.AsyncClient, bearer token; the server checks the token, applies the access rules and appends one
+AuditEvent per request) and straight through motor on the same database, at concurrency 1 and 32, and prints
+throughput, p50/p99 latency and the API/direct ratio. Bounded in count and time; stops by itself.
+
+    .venv/bin/python bench/fhir_api.py [--n 400] [--phase-seconds 8] [--log-level INFO]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from motor.motor_asyncio import AsyncIOMotorClient
+from pymongo import MongoClient
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench_server import add_organization, add_person, free_port, log_in, start_server, stop_server  # noqa: E402
+from timing import Run, measure  # noqa: E402
+
+from ehr.search import index_resource, parse_search  # noqa: E402
+from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, make_national_id  # noqa: E402
+from qilu.audit import audit_event  # noqa: E402
+from qilu.auth import Caller  # noqa: E402
+from qilu.identity import User  # noqa: E402
+from qilu.services import services_up  # noqa: E402
+from qilu.settings import Settings  # noqa: E402
+
+BENCH_DB = "qilu_bench"
+FHIR_JSON = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+# The targets of issue 3 (2-core machine, concurrency 1).
+TARGET_READ_P50_MS = 3.0
+TARGET_CREATE_P50_MS = 6.0
+TARGET_RATIO = 2.0
+CONCURRENCY = (1, 32)
+PRACTITIONER_LOGIN = "BENCH0001"
+
+
+def national_ids(count: int, seed: int) -> list[str]:
+    """`count` distinct valid numbers (distinct birth dates x order codes), shuffled."""
+    rng = random.Random(seed)
+    days = rng.sample(range(0, 25000), count // 100 + 1)
+    numbers = [make_national_id("370102", dt.date(1940, 1, 1) + dt.timedelta(days=d), seq,
+                                "female" if seq % 2 else "male")
+               for d in days for seq in range(100)]
+    rng.shuffle(numbers)
+    return numbers[:count]
+
+
+def patient(number: str, i: int, organization: str) -> dict:
+    """A Patient managed by `organization`, which the bench's practitioner works at (so may write it)."""
+    birth = dt.datetime.strptime(number[6:14], "%Y%m%d").date()
+    sex = "male" if int(number[16]) % 2 else "female"
+    return {"resourceType": "Patient",
+            "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": number}],
+            "name": [{"family": "王", "given": [f"测{i}"], "text": f"王测{i}"}],
+            "gender": sex, "birthDate": birth.isoformat(),
+            "telecom": [{"system": "phone", "value": f"138{i:08d}"}],
+            "address": [{"city": "济南市", "district": "历下区", "postalCode": "250011"}],
+            "managingOrganization": {"reference": organization}}
+
+
+def observation(patient_id: str, i: int) -> dict:
+    return {"resourceType": "Observation", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}], "text": "心率"},
+            "subject": {"reference": f"Patient/{patient_id}"},
+            "effectiveDateTime": f"2024-03-{i % 28 + 1:02d}T08:00:00+08:00",
+            "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org",
+                              "code": "/min"}}
+
+
+def stored_document(resource: dict) -> dict:
+    """The current-version document the record store keeps for a resource (same fields, same size)."""
+    resource_id = str(uuid.uuid4())
+    updated = dt.datetime.now(dt.UTC)
+    resource = {**resource, "id": resource_id,
+                "meta": {"versionId": "1", "lastUpdated": updated.isoformat(timespec="milliseconds")}}
+    sp, so, compartment = index_resource(resource)
+    return {"_id": resource_id, "vid": 1, "updated": updated, "deleted": False, "resource": resource,
+            "sp": sp, "so": so, "compartment": compartment}
+
+
+def audit_document(caller: Caller, patient_id: str) -> dict:
+    """The AuditEvent the API appends for one read of a Patient by the bench's practitioner, as stored."""
+    event = audit_event(caller=caller, interaction="read", outcome="0", purpose="TREAT", source_address="127.0.0.1",
+                        entities=[f"Patient/{patient_id}"], patients=[f"Patient/{patient_id}"])
+    return stored_document(event)
+
+
+async def set_up_people(settings: Settings, fhir_base: str) -> tuple[str, User]:
+    """The hospital the bench's patients belong to, and a practitioner there who makes every API call."""
+    mongo = AsyncIOMotorClient(settings.effective_mongodb_url, tz_aware=True, uuidRepresentation="standard")
+    try:
+        organization = await add_organization(mongo[BENCH_DB], fhir_base, "历下区人民医院 (bench)")
+        practitioner = await add_person(mongo[BENCH_DB], fhir_base, "practitioner", PRACTITIONER_LOGIN, "王医生",
+                                        organization)
+    finally:
+        mongo.close()
+    return organization, practitioner
+
+
+def expect(response: httpx.Response, status: int) -> httpx.Response:
+    if response.status_code != status:
+        raise RuntimeError(f"{response.request.method} {response.request.url.path} -> {response.status_code}: "
+                           f"{response.text[:150]}")
+    return response
+
+
+async def bench(args: argparse.Namespace, settings: Settings, base: str, organization: str,
+                practitioner: User) -> list[Run]:
+    n = args.n
+    # Enough distinct ID numbers for every patient any path creates.
+    numbers = iter(national_ids(3 * n * len(CONCURRENCY) + args.patients + 200, seed=args.seed))
+    rng = random.Random(args.seed)
+    runs: list[Run] = []
+    mongo = AsyncIOMotorClient(settings.effective_mongodb_url, tz_aware=True, uuidRepresentation="standard",
+                               maxPoolSize=100)
+    db = mongo[BENCH_DB]
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=base, headers=FHIR_JSON, limits=limits, timeout=30) as http:
+        # Every call below is the practitioner's: their token, their organization's reach, their AuditEvents.
+        http.headers.update(await log_in(http, PRACTITIONER_LOGIN))
+        caller = Caller.of(practitioner)
+        # --- seed: patients with observations, through the API (not timed) --------------------------
+        seeded: list[tuple[str, str]] = []  # (id, national ID number)
+        sem = asyncio.Semaphore(32)
+
+        async def seed_patient(i: int) -> None:
+            number = next(numbers)
+            async with sem:
+                created = expect(await http.post("/fhir/Patient", json=patient(number, i, organization)), 201).json()
+                for k in range(args.observations):
+                    expect(await http.post("/fhir/Observation", json=observation(created["id"], k)), 201)
+            seeded.append((created["id"], number))
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(seed_patient(i) for i in range(args.patients))), 45)
+        except TimeoutError:
+            if not seeded:
+                raise SystemExit("seeding through the API made no progress in 45 s")
+            print(f"seeding stopped at {len(seeded)} patients after 45 s", file=sys.stderr)
+        sample = [rng.choice(seeded) for _ in range(n)]
+
+        # --- the operations: (name, API call, direct call); each takes the op index ---------------
+        async def api_floor(i: int) -> None:
+            expect(await http.get("/healthz"), 200)
+
+        async def direct_floor(i: int) -> None:
+            await mongo.admin.command("ping")
+
+        def make_create() -> tuple[Callable, Callable, Callable]:
+            # Bodies built before timing, with ID numbers no other phase uses.
+            api_bodies = [patient(next(numbers), i, organization) for i in range(n)]
+            direct_docs = [stored_document(patient(next(numbers), i, organization)) for i in range(n)]
+            store_docs = [stored_document(patient(next(numbers), i, organization)) for i in range(n)]
+
+            async def api(i: int) -> None:
+                expect(await http.post("/fhir/Patient", json=api_bodies[i]), 201)
+
+            async def direct(i: int) -> None:
+                await db["Patient"].insert_one(direct_docs[i])
+
+            async def as_store(i: int) -> None:
+                # What the record's create writes: the identifier key, the history entry, the current version.
+                document = store_docs[i]
+                resource = document["resource"]
+                key = f"Patient|{NATIONAL_ID_SYSTEM}|{resource['identifier'][0]['value']}"
+                await db["identifier_keys"].insert_one({"_id": key, "owner": f"Patient/{document['_id']}"})
+                await db["resource_history"].insert_one({
+                    "_id": f"Patient/{document['_id']}/1", "type": "Patient", "id": document["_id"], "vid": 1,
+                    "updated": document["updated"], "method": "POST", "resource": resource, "write": "bench"})
+                await db["Patient"].insert_one(document)
+            return api, direct, as_store
+
+        async def api_read(i: int) -> None:
+            expect(await http.get(f"/fhir/Patient/{sample[i][0]}"), 200)
+
+        async def direct_read(i: int) -> None:
+            if await db["Patient"].find_one({"_id": sample[i][0]}) is None:
+                raise RuntimeError("not found")
+
+        def search_pair(resource_type: str, param: str, value: Callable[[int], str]) -> tuple[Callable, Callable]:
+            async def api(i: int) -> None:
+                bundle = expect(await http.get(f"/fhir/{resource_type}", params={param: value(i)}), 200).json()
+                if not bundle.get("entry"):
+                    raise RuntimeError("empty searchset")
+
+            async def direct(i: int) -> None:
+                # The filter, sort and page size the API's own compiler makes of the same query.
+                plan = parse_search(resource_type, [(param, value(i))])
+                found = await db[resource_type].find(plan.filter, sort=plan.sort or None,
+                                                     limit=plan.count).to_list(plan.count)
+                if not found:
+                    raise RuntimeError("empty result")
+            return api, direct
+
+        def make_audit() -> Callable:
+            documents = [audit_document(caller, sample[i][0]) for i in range(n)]
+
+            async def direct(i: int) -> None:
+                # The one insert every API request above also makes (ehr.store.RecordStore.insert_audit_event).
+                await db["AuditEvent"].insert_one(documents[i])
+            return direct
+
+        creates = {c: make_create() for c in CONCURRENCY}
+        audits = {c: make_audit() for c in CONCURRENCY}
+        ops: list[tuple[str, Callable | None, Callable]] = [
+            ("ping (floor)", api_floor, direct_floor),
+            ("read Patient", api_read, direct_read),
+            ("search Patient?identifier", *search_pair(
+                "Patient", "identifier", lambda i: f"{NATIONAL_ID_SYSTEM}|{sample[i][1]}")),
+            ("search Observation?patient", *search_pair(
+                "Observation", "patient", lambda i: f"Patient/{sample[i][0]}")),
+        ]
+        # Each operation at both concurrencies before the next, so both see the same collection sizes;
+        # creates last, so reads and searches run on the seeded collections and nothing else.
+        phases = [(name, path, call, c) for name, api, direct in ops for c in CONCURRENCY
+                  for path, call in (("api", api), ("direct", direct))]
+        phases += [("create Patient", path, creates[c][slot], c) for c in CONCURRENCY
+                   for path, slot in (("api", 0), ("direct", 1))]
+        phases += [("  direct: key+history+doc", "direct", creates[c][2], c) for c in CONCURRENCY]
+        phases += [("  direct: AuditEvent insert", "direct", audits[c], c) for c in CONCURRENCY]
+
+        async def read_pair() -> float:
+            started = time.perf_counter()
+            await api_read(0)
+            await direct_read(0)
+            return time.perf_counter() - started
+
+        async def settle(limit: float) -> None:
+            """Cancelled requests go on inside the server and FerretDB; wait until a read is about as fast
+            as before the run again, so the next phase does not pay for the backlog of this one."""
+            until = time.monotonic() + limit
+            while time.monotonic() < until:
+                try:
+                    if await asyncio.wait_for(read_pair(), until - time.monotonic()) < 3 * quiet:
+                        return
+                except (Exception, TimeoutError):
+                    pass
+                await asyncio.sleep(0.1)
+
+        quiet = statistics.median([await read_pair() for _ in range(9)])
+        deadline = time.monotonic() + args.budget_seconds
+        warmed = set()
+        for index, (name, path, call, concurrency) in enumerate(phases):
+            if (name, path) not in warmed and not name.startswith(("create", "  direct")):
+                warmed.add((name, path))
+                for _ in range(5):  # warm connections and caches (index 0 is reused on purpose)
+                    try:
+                        await call(0)
+                    except Exception:  # counted in the measured phase, not here
+                        pass
+            seconds = min(args.phase_seconds, max(0.5, (deadline - time.monotonic()) / (len(phases) - index)))
+            run = await measure(name, path, concurrency, n, seconds, call)
+            runs.append(run)
+            if run.unfinished:
+                await settle(min(20.0, max(1.0, deadline - time.monotonic())))
+            print(f"  done: {name} {path} at concurrency {concurrency}", file=sys.stderr, flush=True)
+    mongo.close()
+    return runs
+
+
+def _cell(value: float, width: int, digits: int) -> str:
+    return f"{'-':>{width}}" if value != value else f"{value:>{width}.{digits}f}"  # NaN -> "-"
+
+
+def print_table(runs: list[Run]) -> None:
+    by_key = {(r.operation, r.path, r.concurrency): r for r in runs}
+    rows = list(dict.fromkeys((r.operation, r.concurrency) for r in runs))
+    header = (f"{'operation':<28}{'c':>3} | {'API ops/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'done':>5} | "
+              f"{'direct ops/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'done':>5} | {'p50 x':>6} {'ops/s x':>7}")
+    print(header)
+    print("-" * len(header))
+    nan = float("nan")
+    for operation, concurrency in rows:
+        api, direct = by_key.get((operation, "api", concurrency)), by_key[(operation, "direct", concurrency)]
+        a50, a99 = (api.p(0.5), api.p(0.99)) if api else (nan, nan)
+        a_tput = api.throughput if api and api.latencies else nan
+        d_tput = direct.throughput if direct.latencies else nan
+        line = (f"{operation:<28}{concurrency:>3} | {_cell(a_tput, 9, 0)} {_cell(a50, 7, 2)} {_cell(a99, 7, 2)} "
+                f"{len(api.latencies) if api else '-':>5} | {_cell(d_tput, 12, 0)} {_cell(direct.p(0.5), 7, 2)} "
+                f"{_cell(direct.p(0.99), 7, 2)} {len(direct.latencies):>5} | "
+                f"{_cell(a50 / direct.p(0.5), 6, 1)} {_cell(d_tput / a_tput, 7, 1)}")
+        print(line)
+    print("p50 x = API p50 / direct p50;  ops/s x = direct ops/s / API ops/s: what the API costs over the driver.")
+    print("The 'key+history+doc' row is the three inserts the record's create makes, done straight through motor.")
+    print("Every API request also checks the bearer token, applies the access rules and inserts one AuditEvent;\n"
+          "the 'AuditEvent insert' row is that insert alone.")
+    c1 = {r.operation: r for r in runs if r.path == "api" and r.concurrency == 1}
+    checks = [("read p50 <= 3 ms (c=1)", c1["read Patient"].p(0.5) <= TARGET_READ_P50_MS),
+              ("create p50 <= 6 ms (c=1)", c1["create Patient"].p(0.5) <= TARGET_CREATE_P50_MS)]
+    for r in runs:
+        if r.path == "api" and r.operation != "ping (floor)" and r.latencies:
+            d = by_key[(r.operation, "direct", r.concurrency)]
+            if d.latencies:
+                checks.append((f"{r.operation} c={r.concurrency} p50 <= {TARGET_RATIO:g}x direct",
+                               r.p(0.5) <= TARGET_RATIO * d.p(0.5)))
+    print("targets (issue 3):")
+    for name, ok in checks:
+        print(f"  {'met   ' if ok else 'MISSED'} {name}")
+    for run in runs:
+        if run.errors or run.unfinished:
+            label = "ERRORS" if run.errors else "cut off"
+            print(f"{label} {run.operation.strip()} ({run.path}, c={run.concurrency}): {run.errors} failed, "
+                  f"{run.unfinished} still in flight when its time was up"
+                  + (f"; first failure: {run.first_error}" if run.errors else ""))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=400, help="operations per (operation, path, concurrency)")
+    parser.add_argument("--patients", type=int, default=50, help="patients seeded for read and search")
+    parser.add_argument("--observations", type=int, default=4, help="observations seeded per patient")
+    parser.add_argument("--phase-seconds", type=float, default=8.0, help="stop any one measurement after this")
+    parser.add_argument("--budget-seconds", type=float, default=120.0,
+                        help="all measurements together; phases shrink to fit")
+    parser.add_argument("--log-level", default="INFO", help="the server's QILU_LOG_LEVEL (INFO logs every request, "
+                                                            "as production does)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    args.n = max(10, min(args.n, 20000))
+
+    settings = Settings(mongodb_db=BENCH_DB)
+    services_up(settings)
+    with MongoClient(settings.effective_mongodb_url) as client:
+        client.drop_database(BENCH_DB)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    proc = None
+    try:
+        organization, practitioner = asyncio.run(set_up_people(settings, base + "/fhir"))
+        proc = start_server(settings, BENCH_DB, port, log_name="bench-fhir-api-server.log", log_level=args.log_level,
+                            workers=args.workers)
+        print(f"qilu serve on 127.0.0.1:{port} (db {BENCH_DB}, {args.workers} worker, log {args.log_level}); "
+              f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; n={args.n}", flush=True)
+        runs = asyncio.run(bench(args, settings, base, organization, practitioner))
+    finally:
+        if proc is not None:
+            stop_server(proc)
+        with MongoClient(settings.effective_mongodb_url) as client:
+            client.drop_database(BENCH_DB)
+    print_table(runs)
+    print(f"took {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.1f} "
+          "(the engines and this client share the machine: a busy machine inflates both columns)")
+
+
+if __name__ == "__main__":
+    main()

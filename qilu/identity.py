@@ -1,0 +1,128 @@
+"""One login per person across the province: users, their roles, password checks with lock-out."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from motor.motor_asyncio import AsyncIOMotorDatabase
+from pymongo import ASCENDING, ReturnDocument
+from pymongo.errors import DuplicateKeyError
+
+Role = Literal["patient", "practitioner", "admin"]
+ROLES: tuple[Role, ...] = ("patient", "practitioner", "admin")
+USERS = "users"
+MAX_FAILED_LOGINS = 5
+LOCKOUT = timedelta(minutes=15)
+
+_hasher = PasswordHasher()
+# Compared against when the login is unknown, so a wrong login costs as much time as a wrong password.
+_DUMMY_HASH = _hasher.hash("qilu-no-such-user")
+
+
+class LoginRefused(Exception):
+    def __init__(self, reason: Literal["credentials", "locked", "inactive"], retry_after_s: int = 0):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class UserExists(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class User:
+    id: str
+    login: str
+    role: Role
+    fhir_user: str | None  # "Patient/.." or "PractitionerRole/.."
+    organization: str | None  # "Organization/.." of a practitioner
+    practitioner: str | None  # "Practitioner/.." behind a PractitionerRole
+    display_name: str
+
+    @classmethod
+    def from_document(cls, doc: dict[str, Any]) -> User:
+        return cls(doc["_id"], doc["login"], doc["role"], doc.get("fhir_user"), doc.get("organization"),
+                   doc.get("practitioner"), doc.get("display_name", ""))
+
+
+async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
+    await db[USERS].create_index([("login", ASCENDING)], name="login", unique=True)
+    await db[USERS].create_index([("fhir_user", ASCENDING)], name="fhir_user")
+
+
+def _normalise_login(login: str) -> str:
+    # National ID numbers end in an upper-case X; people type either case.
+    return login.strip().upper() if len(login.strip()) == 18 else login.strip()
+
+
+class UserDirectory:
+    def __init__(self, db: AsyncIOMotorDatabase):
+        self.users = db[USERS]
+
+    async def add(self, *, login: str, password: str, role: Role, display_name: str, fhir_user: str | None = None,
+                  organization: str | None = None, practitioner: str | None = None) -> User:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        if len(password) < 8:
+            raise ValueError("a password has at least 8 characters")
+        doc = {"_id": uuid.uuid4().hex, "login": _normalise_login(login), "role": role,
+               "password_hash": _hasher.hash(password), "fhir_user": fhir_user, "organization": organization,
+               "practitioner": practitioner, "display_name": display_name, "failed_logins": 0,
+               "locked_until": None, "active": True, "created": datetime.now(UTC)}
+        try:
+            await self.users.insert_one(doc)
+        except DuplicateKeyError as exc:
+            raise UserExists(login) from exc
+        return User.from_document(doc)
+
+    async def get(self, user_id: str) -> User | None:
+        doc = await self.users.find_one({"_id": user_id, "active": True})
+        return User.from_document(doc) if doc else None
+
+    async def by_login(self, login: str) -> User | None:
+        doc = await self.users.find_one({"login": _normalise_login(login)})
+        return User.from_document(doc) if doc else None
+
+    async def set_password(self, login: str, password: str) -> bool:
+        result = await self.users.update_one({"login": _normalise_login(login)}, {"$set": {
+            "password_hash": _hasher.hash(password), "failed_logins": 0, "locked_until": None}})
+        return result.matched_count == 1
+
+    async def authenticate(self, login: str, password: str) -> User:
+        doc = await self.users.find_one({"login": _normalise_login(login)})
+        now = datetime.now(UTC)
+        if doc is None:
+            _verify(_DUMMY_HASH, password)
+            raise LoginRefused("credentials")
+        locked_until = doc.get("locked_until")
+        if locked_until is not None:
+            locked_until = locked_until if locked_until.tzinfo else locked_until.replace(tzinfo=UTC)
+            if locked_until > now:
+                raise LoginRefused("locked", int((locked_until - now).total_seconds()) + 1)
+        if not _verify(doc["password_hash"], password):
+            # One atomic increment, so concurrent guesses are all counted.
+            updated = await self.users.find_one_and_update(
+                {"_id": doc["_id"]}, {"$inc": {"failed_logins": 1}}, return_document=ReturnDocument.AFTER)
+            if updated["failed_logins"] >= MAX_FAILED_LOGINS:
+                await self.users.update_one({"_id": doc["_id"]}, {"$set": {
+                    "locked_until": now + LOCKOUT, "failed_logins": 0}})
+                raise LoginRefused("locked", int(LOCKOUT.total_seconds()))
+            raise LoginRefused("credentials")
+        if not doc.get("active", True):
+            raise LoginRefused("inactive")
+        if doc.get("failed_logins") or doc.get("locked_until"):
+            await self.users.update_one({"_id": doc["_id"]}, {"$set": {"failed_logins": 0, "locked_until": None}})
+        return User.from_document(doc)
+
+
+def _verify(password_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(password_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False

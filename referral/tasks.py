@@ -1,0 +1,94 @@
+"""What the workers do for referrals: deadline sweeps, outbox delivery (in-app and e-mail), statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+from collections.abc import Awaitable, Callable
+from email.message import EmailMessage
+from typing import Any
+
+from ehr.service import RecordService
+from ehr.store import RecordStore
+from qilu.cache import connect_redis
+from qilu.db import connect_mongodb, database
+from qilu.settings import Settings
+from referral.directory import DirectoryCache, load_directory
+from referral.models import EVENTS_CHANNEL
+from referral.service import ReferralRules, ReferralService
+from referral.store import ReferralStore
+
+
+def rules_from(settings: Settings) -> ReferralRules:
+    return ReferralRules(accept_minutes={"stat": settings.accept_minutes_stat, "asap": settings.accept_minutes_asap,
+                                         "urgent": settings.accept_minutes_urgent,
+                                         "routine": settings.accept_minutes_routine},
+                         max_escalations=settings.max_escalations,
+                         share_days_after_completion=settings.share_days_after_completion)
+
+
+def referral_service(db, settings: Settings) -> ReferralService:
+    """The referral service over one database, acting on the record as the system."""
+    records = RecordService(RecordStore(db), settings.base_url + "/fhir")
+    return ReferralService(ReferralStore(db), records, DirectoryCache(lambda: load_directory(records)),
+                           rules_from(settings))
+
+
+class SmtpMailer:
+    """E-mail to the hospitals an event concerns, at the addresses in their Organization.telecom."""
+
+    def __init__(self, settings: Settings, records: RecordService):
+        self.settings = settings
+        self.records = records
+
+    async def __call__(self, organizations: list[str], subject: str, body: str) -> None:
+        docs = await self.records.store.find_by_ids("Organization", [o.removeprefix("Organization/")
+                                                                     for o in organizations])
+        addresses = sorted({t["value"] for d in docs for t in d["resource"].get("telecom") or []
+                            if t.get("system") == "email" and t.get("value")})
+        if not addresses:
+            return
+        message = EmailMessage()
+        message["From"] = self.settings.smtp_from
+        message["To"] = ", ".join(addresses)
+        message["Subject"] = subject
+        message.set_content(body)
+        await asyncio.to_thread(self._send, message)
+
+    def _send(self, message: EmailMessage) -> None:
+        with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
+            smtp.send_message(message)
+
+
+async def _with_service(settings: Settings, work: Callable[[ReferralService, Any], Awaitable[Any]]) -> Any:
+    client = connect_mongodb(settings)
+    redis = connect_redis(settings)
+    try:
+        return await work(referral_service(database(client, settings), settings), redis)
+    finally:
+        await redis.aclose()
+        client.close()
+
+
+async def sweep_deadlines(settings: Settings) -> int:
+    return await _with_service(settings, lambda service, _redis: service.escalate_overdue())
+
+
+async def deliver_outbox(settings: Settings) -> int:
+    async def work(service: ReferralService, redis) -> int:
+        async def publish(message: dict[str, Any]) -> None:
+            await redis.publish(EVENTS_CHANNEL, json.dumps(message))
+
+        mailer = SmtpMailer(settings, service.records) if settings.smtp_host else None
+        return await service.deliver_outbox(publish, mailer)
+
+    return await _with_service(settings, work)
+
+
+async def refresh_stats(settings: Settings) -> dict[str, Any]:
+    async def work(service: ReferralService, _redis) -> dict[str, Any]:
+        stats = await service.refresh_stats()
+        return {"flows": len(stats["flows"]), "accepted": stats["accept_minutes"]["count"]}
+
+    return await _with_service(settings, work)

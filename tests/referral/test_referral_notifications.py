@@ -1,0 +1,309 @@
+"""Notifications: the outbox delivered by the worker to Redis pub/sub, by e-mail to a real SMTP server, and over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from email import message_from_bytes, policy
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+from aiosmtpd.controller import Controller
+from referral_world import ReferralWorld, build_referral_world, new_case, referral_body
+
+from conftest import login
+from ehr import store as ehr_store
+from qilu.auth import Caller
+from qilu.db import connect_mongodb
+from referral import store as referral_store
+from referral import tasks as referral_tasks
+from referral.models import EVENTS_CHANNEL, ActionBody, ReferralBody
+
+
+@pytest.fixture(scope="module")
+async def rw(app) -> ReferralWorld:
+    world = await build_referral_world(app.state.db)
+    app.state.referrals.directory.invalidate()
+    return world
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await condition()
+        if value:
+            return value
+        await asyncio.sleep(0.3)
+    pytest.fail(f"{what} not met within {timeout} s")
+
+
+# --- in-app: Redis pub/sub, through the real worker --------------------------------------------------------
+
+
+async def test_the_worker_publishes_every_event_and_marks_it_sent(app, rw, settings, celery_worker):
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(EVENTS_CHANNEL)
+    county, jinan = await login(app, rw.county_doctor), await login(app, rw.jinan_specialist)
+    try:
+        case = await new_case(app.state.db, rw)
+        created = await county.post("/api/referrals", json=referral_body(rw, case))
+        assert created.status_code == 201, created.text
+        rid = created.json()["id"]
+        for action in ("receive", "accept"):
+            assert (await jinan.post(f"/api/referrals/{rid}/{action}")).status_code == 200
+
+        heard: dict[str, dict[str, Any]] = {}  # event id -> message; the channel is shared, so filter by referral
+        deadline = time.monotonic() + 60
+        while len(heard) < 3 and time.monotonic() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                event = json.loads(message["data"])
+                if event.get("referral") == rid:
+                    heard[event["id"]] = event
+        assert sorted(e["type"] for e in heard.values()) == ["accepted", "received", "requested"], heard
+        by_type = {e["type"]: e for e in heard.values()}
+        assert by_type["requested"]["to"] == [rw.jinan]
+        assert by_type["accepted"]["to"] == sorted([rw.county, rw.jinan])
+        assert all(e["patient"] == case.patient for e in heard.values())
+
+        async def all_sent():
+            doc = await app.state.db["referrals"].find_one({"_id": rid})
+            return doc if not doc["outbox_pending"] and all(e["sent"] for e in doc["outbox"]) else None
+
+        doc = await wait_for(all_sent, what="outbox marked sent")
+        assert {e["id"] for e in doc["outbox"]} == set(heard)
+    finally:
+        await county.aclose()
+        await jinan.aclose()
+        await pubsub.aclose()
+        await redis.aclose()
+
+
+async def test_delivery_racing_transitions_loses_neither(app, rw):
+    """FerretDB runs an update as read-then-write: marking events sent must never undo a transition made meanwhile."""
+    county, jinan = await login(app, rw.county_doctor), await login(app, rw.jinan_specialist)
+    heard: list[str] = []
+
+    async def publish(message: dict[str, Any]) -> None:
+        heard.append(message["id"])
+
+    stop = asyncio.Event()
+
+    async def deliver_all_the_time() -> None:
+        while not stop.is_set():
+            await app.state.referrals.deliver_outbox(publish, None)
+
+    try:
+        case = await new_case(app.state.db, rw)
+        created = await county.post("/api/referrals", json=referral_body(rw, case))
+        rid = created.json()["id"]
+        deliverers = [asyncio.create_task(deliver_all_the_time()) for _ in range(2)]
+        for action, body in (("receive", None), ("accept", None), ("schedule", {"start": "2031-05-04T09:00:00Z"}),
+                             ("arrive", None)):
+            response = await jinan.post(f"/api/referrals/{rid}/{action}", json=body)
+            assert response.status_code == 200, response.text
+        stop.set()
+        await asyncio.gather(*deliverers)
+        await app.state.referrals.deliver_outbox(publish, None)
+        doc = await app.state.db["referrals"].find_one({"_id": rid})
+        assert doc["status"] == "in-progress" and doc["version"] == 5
+        assert [h["action"] for h in doc["history"]] == ["create", "receive", "accept", "schedule", "arrive"]
+        assert [e["type"] for e in doc["outbox"]] == ["requested", "received", "accepted", "scheduled", "arrived"]
+        assert all(e["sent"] for e in doc["outbox"]) and not doc["outbox_pending"]
+        assert {e["id"] for e in doc["outbox"]} <= set(heard)  # each at least once
+    finally:
+        await county.aclose()
+        await jinan.aclose()
+
+
+# --- e-mail: a real SMTP server on this machine ------------------------------------------------------------
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], Any]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default)))
+        return "250 OK"
+
+
+@asynccontextmanager
+async def mail_database(settings) -> AsyncIterator[Any]:
+    """A database of its own for the SMTP test: no worker serves it, so only this test delivers its outbox."""
+    name = f"{settings.mongodb_db}_mail"
+    client = connect_mongodb(settings)
+    await client.drop_database(name)
+    try:
+        db = client[name]
+        await ehr_store.ensure_indexes(db)
+        await referral_store.ensure_indexes(db)
+        yield db
+    finally:
+        await client.drop_database(name)
+        client.close()
+
+
+def practitioner(user_org: str, who: str) -> Caller:
+    return Caller(user_id=who, role="practitioner", fhir_user=f"PractitionerRole/{who}", organization=user_org,
+                  practitioner=None, scopes=())
+
+
+async def test_events_are_mailed_over_smtp_at_least_once(settings):
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    mail_settings = settings.model_copy(update={"mongodb_db": f"{settings.mongodb_db}_mail",
+                                                "smtp_host": "127.0.0.1", "smtp_port": port,
+                                                "smtp_from": "referrals@qilu.example.org"})
+    try:
+        async with mail_database(settings) as db:
+            rw = await build_referral_world(db, with_users=False)
+            case = await new_case(db, rw)
+            service = referral_tasks.referral_service(db, mail_settings)
+            county, jinan = practitioner(rw.county, "county-doctor"), practitioner(rw.jinan, "jinan-doctor")
+            doc, _ = await service.create(county, ReferralBody(**referral_body(rw, case)), None)
+            await service.act(jinan, doc["_id"], "receive", ActionBody())
+
+            assert await referral_tasks.deliver_outbox(mail_settings) == 2
+            assert await referral_tasks.deliver_outbox(mail_settings) == 0  # sent once, marked sent
+            assert len(inbox.messages) == 2
+            (to_requested, requested), (to_received, received) = inbox.messages
+            assert to_requested == [rw.emails["jinan"]]
+            assert sorted(to_received) == sorted([rw.emails["county"], rw.emails["jinan"]])
+            assert requested["From"] == "referrals@qilu.example.org"
+            assert "requested" in requested["Subject"] and "received" in received["Subject"]
+            assert doc["_id"] in requested.get_content()
+            stored = await db["referrals"].find_one({"_id": doc["_id"]})
+            assert all(e["sent"] for e in stored["outbox"]) and not stored["outbox_pending"]
+
+            # The mail server goes away: the event stays pending and is sent once it is back.
+            controller.stop()
+            await service.act(jinan, doc["_id"], "accept", ActionBody())
+            assert await referral_tasks.deliver_outbox(mail_settings) == 0
+            stored = await db["referrals"].find_one({"_id": doc["_id"]})
+            assert stored["outbox_pending"] and not stored["outbox"][-1]["sent"]
+            controller = Controller(inbox, hostname="127.0.0.1", port=port)
+            controller.start()
+            assert await referral_tasks.deliver_outbox(mail_settings) == 1
+            assert "accepted" in inbox.messages[-1][1]["Subject"]
+            stored = await db["referrals"].find_one({"_id": doc["_id"]})
+            assert all(e["sent"] for e in stored["outbox"]) and not stored["outbox_pending"]
+    finally:
+        controller.stop(no_assert=True)
+
+
+# --- the portals' live feed: server-sent events over a real HTTP server ------------------------------------
+
+
+@asynccontextmanager
+async def serving(app) -> AsyncIterator[str]:
+    """The session's app behind a real uvicorn on a free port (its lifespan already runs in the session)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning",
+                                           timeout_graceful_shutdown=2))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 20)
+
+
+class EventStream:
+    """One open /api/referrals/events stream and the referral events read from it so far."""
+
+    def __init__(self, lines: AsyncIterator[str]):
+        self.lines = lines
+        self.events: list[dict[str, Any]] = []
+
+    async def until(self, referral: str, timeout: float = 30.0) -> dict[str, Any]:
+        fields: dict[str, str] = {}
+        async with asyncio.timeout(timeout):
+            async for line in self.lines:
+                if line.startswith(":"):
+                    continue
+                if line:
+                    key, _, value = line.partition(": ")
+                    fields[key] = value
+                    continue
+                if fields.get("event") == "referral":
+                    event = json.loads(fields["data"])
+                    assert fields["id"] == event["id"]
+                    self.events.append(event)
+                    if event["referral"] == referral:
+                        return event
+                fields = {}
+        raise AssertionError("the stream ended")
+
+    def referrals(self) -> set[str]:
+        return {e["referral"] for e in self.events}
+
+
+async def open_stream(http: httpx.AsyncClient, token: str, stack) -> EventStream:
+    response = await stack.enter_async_context(http.stream(
+        "GET", "/api/referrals/events", headers={"Authorization": token}))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    lines = response.aiter_lines()
+    assert (await anext(lines)) == ": connected"  # subscribed: what is published from now on reaches it
+    return EventStream(lines)
+
+
+async def test_the_event_stream_carries_a_hospital_its_own_events(app, rw, settings):
+    from contextlib import AsyncExitStack
+
+    county = await login(app, rw.county_doctor)
+    tokens = {}
+    for key, user in (("jinan", rw.jinan_specialist), ("qingdao", rw.qingdao_specialist), ("patient", rw.patient)):
+        client = await login(app, user)
+        tokens[key] = client.headers["Authorization"]
+        await client.aclose()
+    try:
+        async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(
+                10.0, read=30.0)) as http, AsyncExitStack() as stack:
+            jinan = await open_stream(http, tokens["jinan"], stack)
+            qingdao = await open_stream(http, tokens["qingdao"], stack)
+            patient = await open_stream(http, tokens["patient"], stack)
+
+            async def refer(**overrides) -> str:
+                case = await new_case(app.state.db, rw, overrides.pop("patient", None))
+                response = await county.post("/api/referrals", json=referral_body(rw, case, **overrides))
+                assert response.status_code == 201, response.text
+                # The worker delivers it when one runs; delivering here too is what at-least-once allows.
+                await referral_tasks.deliver_outbox(settings)
+                return response.json()["id"]
+
+            to_jinan = await refer(patient=rw.patient.fhir_user)
+            to_qingdao = await refer(target=rw.qingdao)
+            event = await jinan.until(to_jinan)
+            assert event["type"] == "requested" and rw.jinan in event["to"]
+            assert (await qingdao.until(to_qingdao))["to"] == [rw.qingdao]
+            assert (await patient.until(to_jinan))["patient"] == rw.patient.fhir_user
+            again_jinan = await refer()
+            await jinan.until(again_jinan)
+            assert to_qingdao not in jinan.referrals()  # each hospital hears only of its own referrals
+            assert to_jinan not in qingdao.referrals()
+            assert to_qingdao not in patient.referrals()
+    finally:
+        await county.aclose()
