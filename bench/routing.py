@@ -40,7 +40,7 @@ from fhir_profiles.extensions import (  # noqa: E402
 from referral.directory import SPECIALTY_SYSTEM, Directory  # noqa: E402
 from referral.routing import RouteRequest, route_candidates  # noqa: E402
 
-DIRECTORY_JSON = ROOT.parent / "shared" / "data" / "shandong-directory.json"
+DIRECTORY_JSON = ROOT / "qilu" / "data" / "shandong-directory.json"
 TARGET_P99_MS = 10.0  # issue 5
 # Which capability each specialty's departments may carry (tertiary ones mostly do, lower tiers rarely).
 CAPABILITIES = {

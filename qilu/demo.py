@@ -36,8 +36,8 @@ from qilu.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# The project root's sibling `shared/data`, where DESIGN.md says the directory lives.
-DIRECTORY_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "shandong-directory.json"
+# A copy of the team's shared/data file, shipped with the package so a fresh clone runs the demo.
+DIRECTORY_PATH = Path(__file__).resolve().parent / "data" / "shandong-directory.json"
 
 SEED = 2026
 PATIENT_COUNT = 300

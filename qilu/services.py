@@ -275,7 +275,9 @@ def start_redis(settings: Settings) -> str:
     data_dir = settings.path("redis")
     data_dir.mkdir(parents=True, exist_ok=True)
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-            "--daemonize", "no", "--save", "60 1000", "--appendonly", "no", "--protected-mode", "yes"]
+            "--daemonize", "no", "--save", "60 1000", "--appendonly", "no", "--protected-mode", "yes",
+            # Broker, replay guards and pub/sub keep working when a snapshot cannot be written (a full disk).
+            "--stop-writes-on-bgsave-error", "no"]
     log_file = _spawn(settings, "redis", argv)
     _wait_until(lambda: redis_answers(url, 0.3), 15, "Redis", log_file)
     return installed + "started"
