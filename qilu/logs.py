@@ -12,12 +12,15 @@ from fhir_profiles.identifiers import mask_name, mask_national_id
 
 # Anything that looks like a resident ID number, wherever it appears in a log value.
 _NATIONAL_ID_PATTERN = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+# Bearer tokens in URLs (the consult WebSocket takes ?token=...): redacted wherever a line quotes a URL.
+_URL_TOKEN_PATTERN = re.compile(r"((?:access_)?token=)[^&\s\"']+")
 # Keys whose values are people's names; masked whatever they hold.
 _NAME_KEYS = frozenset({"name", "patient_name", "family", "given", "full_name", "holder_name"})
 
 
 def _mask_value(value):
     if isinstance(value, str):
+        value = _URL_TOKEN_PATTERN.sub(r"\1[redacted]", value)
         return _NATIONAL_ID_PATTERN.sub(lambda m: mask_national_id(m.group(0)), value)
     if isinstance(value, dict):
         return {k: _mask_value(v) for k, v in value.items()}

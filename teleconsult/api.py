@@ -181,8 +181,9 @@ async def signaling(websocket: WebSocket, consult_id: str, token: str | None = N
     try:
         try:
             caller = await websocket.app.state.tokens.caller(token or "")
-        except Problem as problem:
-            await channel.refuse(4401, "bad-token", problem.detail or "Log in first: ?token=<access token>")
+        except Problem as problem:  # 401 for a bad token; 503 when the identity service cannot be reached
+            await channel.refuse(4000 + problem.status, "bad-token" if problem.status == 401 else "unavailable",
+                                 problem.detail or "Log in first: ?token=<access token>")
             return
         try:
             doc = await service.joinable(caller, consult_id)

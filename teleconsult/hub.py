@@ -6,8 +6,9 @@ behind the same interface, forwarding packets instead (see the README on several
 
 Signaling is server-led: the hub makes every offer (on join, and again when someone's tracks come or go)
 and the client answers, so offers never collide. A participant's tracks are relayed once their connection
-is up. Leaving closes the participant's connection, which ends their tracks; the relay then ends every
-forwarded copy, whose senders stop on their own, and the others' now unused m-lines are set inactive.
+is up. Leaving closes the participant's connection, which ends their tracks and every relayed copy; the
+others' m-lines that carried them go inactive and are reused for the next participant, so a room where
+people come and go many times keeps its SDP as small as its largest attendance.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from aiortc import (RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConn
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame, VideoFrame
 
 from teleconsult.recording import RecordingResult, RoomRecording
 
@@ -78,6 +80,85 @@ class MediaHub(abc.ABC):
         """Close every room (process shutdown)."""
 
 
+class ForwardedTrack(MediaStreamTrack):
+    """What one outgoing m-line sends: the relayed track of whichever participant it carries now.
+
+    aiortc's sender stops for good when its track ends; this track outlives the participants it carries,
+    so the m-line (and its sender) can carry the next one. Timestamps run on across a change of source.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self._source: MediaStreamTrack | None = None
+        self._attached = asyncio.Event()
+        self._offset: int | None = None
+        self._last: int | None = None
+
+    def attach(self, source: MediaStreamTrack) -> None:
+        self._source, self._offset = source, None
+        self._attached.set()
+
+    def detach(self) -> None:
+        # The source's own end (its connection closes next) wakes a pending recv; it then waits here.
+        self._source = None
+        self._attached.clear()
+
+    async def recv(self) -> AudioFrame | VideoFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            source = self._source
+            if source is None:
+                await self._attached.wait()
+                continue
+            try:
+                frame = await source.recv()
+            except MediaStreamError:
+                if self._source is source:
+                    self.detach()
+                continue
+            if self._source is source:
+                return self._restamp(frame)
+
+    def _restamp(self, frame: AudioFrame | VideoFrame) -> AudioFrame | VideoFrame:
+        if self._offset is None:
+            # One frame on: an audio frame's samples, or a 30 fps frame in the 90 kHz video clock.
+            step = frame.samples if isinstance(frame, AudioFrame) else 3000
+            self._offset = 0 if self._last is None else self._last + step - frame.pts
+        self._last = frame.pts + self._offset
+        if self._offset == 0:
+            return frame
+        # The relay hands the same frame to every receiver: restamp a copy, never the original.
+        copy = _copy(frame)
+        copy.pts, copy.time_base = self._last, frame.time_base
+        return copy
+
+    def stop(self) -> None:
+        super().stop()
+        if self._source is not None:
+            self._source.stop()  # leaves the relay
+        self.detach()
+        self._attached.set()  # a pending recv sees the track has ended
+
+
+def _copy(frame: AudioFrame | VideoFrame) -> AudioFrame | VideoFrame:
+    if isinstance(frame, AudioFrame):
+        copy = AudioFrame.from_ndarray(frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name)
+        copy.sample_rate = frame.sample_rate
+        return copy
+    image = frame if frame.format.name == "yuv420p" else frame.reformat(format="yuv420p")
+    return VideoFrame.from_ndarray(image.to_ndarray(), format="yuv420p")
+
+
+class _Slot:
+    """One outgoing m-line of a participant's connection and the track it sends."""
+
+    def __init__(self, transceiver: RTCRtpTransceiver, track: ForwardedTrack):
+        self.transceiver = transceiver
+        self.track = track
+
+
 class _Participant:
     def __init__(self, peer_id: str, pc: RTCPeerConnection, signal: Signal, lost: Lost):
         self.id = peer_id
@@ -85,7 +166,8 @@ class _Participant:
         self.signal = signal
         self.lost = lost
         self.incoming: dict[str, MediaStreamTrack] = {}  # kind -> what this participant sends
-        self.outgoing: dict[tuple[str, str], RTCRtpTransceiver] = {}  # (source peer, kind) -> relayed to them
+        self.outgoing: dict[tuple[str, str], _Slot] = {}  # (source peer, kind) -> the m-line relaying it
+        self.free: dict[str, list[_Slot]] = {"audio": [], "video": []}  # m-lines whose source has left
         self.ended: dict[str, dict[str, Any]] = {}  # mid -> stream whose source has left
         self.lock = asyncio.Lock()
         self.renegotiate = False
@@ -96,8 +178,8 @@ class _Participant:
 
     def streams(self) -> dict[str, dict[str, Any]]:
         """Which participant each of the client's receiving m-lines carries (mid -> peer, kind)."""
-        live = {t.mid: {"peer": peer, "kind": kind, "live": True}
-                for (peer, kind), t in self.outgoing.items() if t.mid is not None}
+        live = {slot.transceiver.mid: {"peer": peer, "kind": kind, "live": True}
+                for (peer, kind), slot in self.outgoing.items() if slot.transceiver.mid is not None}
         return {**self.ended, **live}
 
 
@@ -176,10 +258,18 @@ class AiortcHub(MediaHub):
     @staticmethod
     def _forward(room: _Room, source: _Participant, to: _Participant) -> None:
         for kind, track in source.incoming.items():
-            if (source.id, kind) not in to.outgoing:
-                # Video unbuffered: a receiver whose encoder lags gets the newest frame, not a growing queue.
-                relayed = room.relay.subscribe(track, buffered=kind == "audio")
-                to.outgoing[(source.id, kind)] = to.pc.addTransceiver(relayed, direction="sendonly")
+            if (source.id, kind) in to.outgoing:
+                continue
+            if to.free[kind]:
+                slot = to.free[kind].pop()
+                to.ended.pop(slot.transceiver.mid, None)
+                slot.transceiver.direction = "sendonly"
+            else:
+                forwarded = ForwardedTrack(kind)
+                slot = _Slot(to.pc.addTransceiver(forwarded, direction="sendonly"), forwarded)
+            # Video unbuffered: a receiver whose encoder lags gets the newest frame, not a growing queue.
+            slot.track.attach(room.relay.subscribe(track, buffered=kind == "audio"))
+            to.outgoing[(source.id, kind)] = slot
 
     async def _negotiate(self, p: _Participant) -> None:
         async with p.lock:
@@ -242,15 +332,15 @@ class AiortcHub(MediaHub):
         for other in room.participants.values():
             changed = False
             for kind in ("audio", "video"):
-                transceiver = other.outgoing.pop((p.id, kind), None)
-                if transceiver is None:
+                slot = other.outgoing.pop((p.id, kind), None)
+                if slot is None:
                     continue
                 changed = True
-                if transceiver.mid is None:
-                    await transceiver.stop()  # never offered: drop it from the next offer altogether
-                else:
-                    transceiver.direction = "inactive"
-                    other.ended[transceiver.mid] = {"peer": p.id, "kind": kind, "live": False}
+                slot.track.detach()
+                slot.transceiver.direction = "inactive"
+                if slot.transceiver.mid is not None:
+                    other.ended[slot.transceiver.mid] = {"peer": p.id, "kind": kind, "live": False}
+                other.free[kind].append(slot)
             if changed:
                 self._spawn(self._negotiate(other), owner=other)
         if room.recording is not None:
@@ -319,7 +409,8 @@ class AiortcHub(MediaHub):
         if room_id is not None:
             report["room"] = None if room is None else {
                 "participants": [{"peer": p.id, "connection": p.pc.connectionState, "sending": sorted(p.incoming),
-                                  "receiving": len(p.outgoing), "tasks": len(p.tasks)}
+                                  "receiving": len(p.outgoing), "mlines": len(p.pc.getTransceivers()),
+                                  "tasks": len(p.tasks)}
                                  for p in room.participants.values()],
                 "recording": None if room.recording is None else {
                     "paused": room.recording.timeline.paused, "seconds": round(room.recording.timeline.now(), 2),

@@ -57,12 +57,12 @@ class JoinMessage(StrictModel):
 
 class OfferMessage(StrictModel):
     type: Literal["offer"]
-    sdp: str = Field(max_length=60000)
+    sdp: str = Field(max_length=200_000)
 
 
 class AnswerMessage(StrictModel):
     type: Literal["answer"]
-    sdp: str = Field(min_length=1, max_length=60000)
+    sdp: str = Field(min_length=1, max_length=200_000)
 
 
 class CandidateMessage(StrictModel):

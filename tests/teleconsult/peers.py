@@ -107,8 +107,7 @@ class Received:
 
     peer: str | None
     kind: str
-    numbers: list[int] = field(default_factory=list)
-    marks: set[int] = field(default_factory=set)
+    stamps: list[tuple[int, int]] = field(default_factory=list)  # (frame number, sender mark)
     audio: list[np.ndarray] = field(default_factory=list)
     unreadable: int = 0
     first_at: float | None = None
@@ -218,8 +217,7 @@ class ConsultPeer:
                 if stamp is None:
                     received.unreadable += 1
                 else:
-                    received.numbers.append(stamp[0])
-                    received.marks.add(stamp[1])
+                    received.stamps.append(stamp)
             else:
                 received.audio.append(frame.to_ndarray().reshape(-1)[::2])  # left channel
                 del received.audio[:-100]
@@ -250,18 +248,21 @@ class ConsultPeer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 0.2)
 
-    def video_from(self, peer_id: str) -> list[int]:
-        return [n for r in self.received.values() if r.kind == "video" and r.peer == peer_id for n in r.numbers]
+    def video_from(self, peer_id: str, mark: int | None = None) -> list[int]:
+        """Frame numbers received on the m-lines that carry `peer_id` (with `mark`: only that sender's frames;
+        an m-line reused for a new participant may still deliver the last frame or two of the one before)."""
+        return [n for r in self.received.values() if r.kind == "video" and r.peer == peer_id
+                for n, m in r.stamps if mark is None or m == mark]
 
-    def marks_from(self, peer_id: str) -> set[int]:
-        return {m for r in self.received.values() if r.kind == "video" and r.peer == peer_id for m in r.marks}
+    def marks_from(self, peer_id: str) -> list[int]:
+        return [m for r in self.received.values() if r.kind == "video" and r.peer == peer_id for _, m in r.stamps]
 
     def audio_from(self, peer_id: str) -> Received | None:
         found = [r for r in self.received.values() if r.kind == "audio" and r.peer == peer_id and r.audio]
         return found[-1] if found else None
 
     def summary(self) -> dict[str, Any]:
-        return {mid: (r.peer, r.kind, len(r.numbers) or len(r.audio)) for mid, r in self.received.items()}
+        return {mid: (r.peer, r.kind, len(r.stamps) or len(r.audio)) for mid, r in self.received.items()}
 
     async def drop(self) -> None:
         """The signaling connection breaks (no `leave`); the peer connection is left to the server to notice."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import shutil
 import time
 
 import av
@@ -85,4 +86,5 @@ async def test_recording_with_everyones_consent(consult_server, people: ConsultP
     assert whole.status_code == 200 and whole.content == content
     assert whole.headers["accept-ranges"] == "bytes"
     assert (await people.outsider.http.get(video["url"])).status_code == 404
+    shutil.rmtree(path.parent)  # the test's recording, in the data directory the tests share
 
