@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     consult_grace_s: float = Field(default=120.0, ge=0)  # an empty live room ends after this
     consult_opens_before_s: float = Field(default=1800.0, ge=0)  # joinable this long before its scheduled time
     consult_join_timeout_s: float = Field(default=15.0, gt=0)
-    consult_message_max_bytes: int = Field(default=64 * 1024, ge=1024)
+    consult_message_max_bytes: int = Field(default=256 * 1024, ge=1024)
     consult_messages_per_s: float = Field(default=20.0, gt=0)
     consult_message_burst: int = Field(default=40, ge=1)
 
