@@ -8,12 +8,13 @@ import structlog
 from fastapi import FastAPI
 
 from ehr import api as ehr_api
+from ehr import pages as ehr_pages
 from ehr import store as ehr_store
 from ehr.cards import CardRefused
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
-from qilu import audit, auth, identity, ops
+from qilu import audit, auth, identity, ops, web
 from qilu.auth import TokenService
 from qilu.identity import UserDirectory
 from qilu.keys import SigningKeys
@@ -25,10 +26,12 @@ from qilu.middleware import RequestContextMiddleware
 from qilu.problems import install_error_handlers
 from qilu.settings import Settings, get_settings
 from referral import api as referral_api
+from referral import pages as referral_pages
 from referral import store as referral_store
 from referral.service import ReferralRefused
 from referral.tasks import referral_service
 from teleconsult import api as consult_api
+from teleconsult import pages as consult_pages
 from teleconsult import store as consult_store
 from teleconsult.service import ConsultRefused
 from teleconsult.tasks import consult_service, media_hub
@@ -111,4 +114,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(referral_api.router)
     app.include_router(consult_api.router)
     app.include_router(ehr_api.router)
+    # The portals: shared layout, static files and each domain's pages (shells over the APIs above).
+    web.install(app, ehr_pages.router, referral_pages.router, consult_pages.router)
     return app

@@ -41,7 +41,7 @@ async def test_search_last_updated_prefixes(doctor_client, world):
     assert not await found(f"ne{stamp}")
     assert await found(day) and await found(stamp[:7]) and await found(stamp[:4])
     assert await found("gt2020-01-01") and not await found("lt2020-01-01")
-    assert await found(f"sa2020-01-01T00:00:00Z") and not await found("eb2020-01-01")
+    assert await found("sa2020-01-01T00:00:00Z") and not await found("eb2020-01-01")
 
 
 async def test_count_default_max_and_zero(doctor_client, world):

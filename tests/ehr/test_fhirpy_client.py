@@ -6,14 +6,8 @@ Only the test data comes from our helpers (a valid national ID number); every re
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,47 +15,18 @@ from fhirpy import AsyncFHIRClient
 from fhirpy.base.exceptions import MultipleResourcesFound, OperationOutcome, ResourceNotFound
 
 from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, make_national_id
+from live_server import running_server
 from sample_records import PASSWORD
 
-ROOT = Path(__file__).resolve().parents[2]
 OBSERVATIONS = 7  # more than one page at _count=3
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def fhir_base(engines, settings) -> str:
     """A real `qilu serve` on a free loopback port, on the tests' database; stopped after this module."""
-    port = _free_port()
-    log_path = settings.path("log", "test-fhirpy-server.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "qilu", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"qilu serve exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"qilu serve did not answer /healthz within 30 s; see {log_path}")
-        time.sleep(0.1)
-    yield f"{base}/fhir"
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_server(settings, "fhirpy") as (base, _proc):
+        yield f"{base}/fhir"
 
 
 @pytest.fixture(scope="module")

@@ -2,50 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 import uuid
 
-import httpx
 import pytest
 
-from consult_world import ROOT, SERVER_ENV, ConsultPeople, ConsultServer, free_port, sign_in
+from consult_world import SERVER_ENV, ConsultPeople, ConsultServer, sign_in
 from qilu.accounts import add_user
+from live_server import running_server
 from sample_records import PASSWORD
 
 
 @pytest.fixture(scope="session")
 def consult_server(engines, settings) -> ConsultServer:
     """`qilu serve` on the tests' database, with a short grace period and small recordings."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log_path = settings.path("log", "test-consult-server.log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **SERVER_ENV, "QILU_PUBLIC_BASE_URL": base}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "qilu", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 40
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"qilu serve exited with {proc.returncode}; see {log_path}")
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"qilu serve did not answer /healthz within 40 s; see {log_path}")
-        time.sleep(0.1)
-    yield ConsultServer(base, proc)
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with running_server(settings, "consult", SERVER_ENV) as (base, proc):
+        yield ConsultServer(base, proc)
 
 
 @pytest.fixture(scope="session")

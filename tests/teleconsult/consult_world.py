@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,7 +12,6 @@ import httpx
 from qilu.identity import User
 from sample_records import PASSWORD
 
-ROOT = Path(__file__).resolve().parents[2]
 GRACE_S = 1.5
 # Small media keeps two busy cores enough for three peers, the hub and the recording.
 SERVER_ENV = {"QILU_CONSULT_GRACE_S": str(GRACE_S), "QILU_CONSULT_RECORDING_WIDTH": "320",
@@ -22,11 +19,6 @@ SERVER_ENV = {"QILU_CONSULT_GRACE_S": str(GRACE_S), "QILU_CONSULT_RECORDING_WIDT
               "QILU_CONSULT_MESSAGES_PER_S": "20", "QILU_CONSULT_MESSAGE_BURST": "40",
               "QILU_CONSULT_JOIN_TIMEOUT_S": "10", "QILU_CONSULT_MESSAGE_MAX_BYTES": "65536"}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

@@ -7,7 +7,6 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import websockets
 
 from consult_world import GRACE_S, ConsultPeople, ConsultServer, hold_consult
 from peers import ConsultPeer, PeerClosed
