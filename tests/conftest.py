@@ -36,6 +36,7 @@ from ehr.store import RecordStore  # noqa: E402
 from qilu.accounts import add_user  # noqa: E402
 from qilu.app import create_app  # noqa: E402
 from qilu.identity import User  # noqa: E402
+from logins import login  # noqa: E402
 from sample_records import PASSWORD, new_national_id, organization  # noqa: E402
 from qilu.services import services_up  # noqa: E402
 from qilu.settings import Settings, get_settings  # noqa: E402
@@ -103,15 +104,6 @@ async def world(app) -> World:
         patient=await person("patient", new_national_id(), "刘芳", orgs[0]),
         patient_elsewhere=await person("patient", new_national_id(), "孙强", orgs[1]),
     )
-
-
-async def login(app, user: User) -> httpx.AsyncClient:
-    """An httpx client on the live app that carries `user`'s access token (obtained through the API)."""
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-    response = await http.post("/api/auth/token", data={"username": user.login, "password": PASSWORD})
-    assert response.status_code == 200, response.text
-    http.headers["Authorization"] = "Bearer " + response.json()["access_token"]
-    return http
 
 
 @pytest.fixture(scope="session")

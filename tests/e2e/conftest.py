@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Page, async_playwright
 
-from portal_world import PortalWorld, build_portal_world
 from live_server import running_server
-from sample_records import PASSWORD
+from portal_pages import ARTIFACTS
+from portal_world import PortalWorld, build_portal_world
 
 HERE = Path(__file__).resolve().parent
-ARTIFACTS = HERE / "artifacts"
 AXE = HERE / "node_modules_root" / "node_modules" / "axe-core" / "axe.min.js"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -86,12 +85,3 @@ class PageChecks:
 @pytest.fixture(scope="session")
 def check_page(axe_source) -> PageChecks:
     return PageChecks(axe_source)
-
-
-async def log_in(page: Page, base: str, login: str, password: str = PASSWORD, *, expect: str | None = None) -> None:
-    await page.goto(f"{base}/login")
-    await page.fill("#username", login)
-    await page.fill("#password", password)
-    await page.click("#login-form button[type=submit]")
-    if expect:
-        await page.wait_for_url(f"**{expect}")

@@ -10,7 +10,7 @@ import re
 import httpx
 from playwright.async_api import Browser, Page, expect
 
-from conftest import ARTIFACTS, log_in
+from portal_pages import ARTIFACTS, log_in
 from portal_world import PortalWorld
 from sample_records import PASSWORD
 

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import login
+from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu.accounts import add_user

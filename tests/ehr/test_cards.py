@@ -19,7 +19,7 @@ import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, KeySet
 
-from conftest import login
+from logins import login
 from fhir_profiles.identifiers import EHEALTH_CARD_SYSTEM
 from fhir_profiles.profiles import EHEALTH_CARD_PROFILE_URL
 from qilu.accounts import add_user

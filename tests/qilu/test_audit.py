@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from conftest import login
+from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu.accounts import add_user

@@ -17,7 +17,7 @@ from referral_world import (
     referral_body,
 )
 
-from conftest import login
+from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu.auth import Caller

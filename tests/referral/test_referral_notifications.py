@@ -18,7 +18,7 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from referral_world import ReferralWorld, build_referral_world, new_case, referral_body
 
-from conftest import login
+from logins import login
 from ehr import store as ehr_store
 from qilu.auth import Caller
 from qilu.db import connect_mongodb

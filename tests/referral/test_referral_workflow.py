@@ -23,7 +23,7 @@ from referral_world import (
     referral_body,
 )
 
-from conftest import login
+from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from sample_records import FHIR_JSON, JSON_HEADERS, condition

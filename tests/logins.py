@@ -1,0 +1,17 @@
+"""Test clients that carry a user's access token, obtained through the API as any client would."""
+
+from __future__ import annotations
+
+import httpx
+
+from qilu.identity import User
+from sample_records import PASSWORD
+
+
+async def login(app, user: User) -> httpx.AsyncClient:
+    """An httpx client on the live app that carries `user`'s access token (obtained through the API)."""
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+    response = await http.post("/api/auth/token", data={"username": user.login, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    http.headers["Authorization"] = "Bearer " + response.json()["access_token"]
+    return http
