@@ -149,6 +149,11 @@ def demo() -> None:
     for line in summary.logins():
         typer.echo("  " + line)
     typer.echo("Press Ctrl-C to stop.")
+
+    def stop_on_term(_signum, _frame):
+        raise KeyboardInterrupt  # a `kill` stops the API and the worker too, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop_on_term)
     try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
