@@ -7,6 +7,8 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -140,61 +142,56 @@ class _JwksHandler(BaseHTTPRequestHandler):
         pass
 
 
-async def test_tokens_of_a_configured_external_issuer_are_accepted(settings, people):
+ISSUER = "https://id.province.example"
+
+
+@asynccontextmanager
+async def app_trusting_an_external_issuer(settings) -> AsyncIterator[tuple[httpx.AsyncClient, ECKey, str]]:
+    """A second app configured with an external OIDC issuer whose JWKS a loopback HTTP server serves."""
     issuer_key = ECKey.generate_key("P-256", auto_kid=True)
     _JwksHandler.body = json.dumps({"keys": [issuer_key.as_dict(private=False)]}).encode()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    issuer = "https://id.province.example"
-    own = settings.model_copy(update={"oidc_issuer": issuer,
+    own = settings.model_copy(update={"oidc_issuer": ISSUER,
                                       "oidc_jwks_url": f"http://127.0.0.1:{server.server_port}/jwks"})
     app = create_app(own)
     try:
         async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                now = int(time.time())
-                claims = {"iss": issuer, "aud": own.oidc_audience, "sub": "ext-1", "iat": now, "exp": now + 300,
-                          "preferred_username": people["doctor"].login}
-                token = jwt.encode({"alg": "ES256", "kid": issuer_key.kid}, claims, issuer_key)
-                me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
-                assert me.status_code == 200 and me.json()["fhirUser"] == people["doctor"].fhir_user
-                claims["iss"] = "https://other.example"
-                forged = jwt.encode({"alg": "ES256", "kid": issuer_key.kid}, claims, issuer_key)
-                assert (await http.get("/api/me", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as http:
+                yield http, issuer_key, own.oidc_audience
     finally:
         server.shutdown()
+
+
+def _external_token(issuer_key: ECKey, audience: str, login: str, issuer: str = ISSUER) -> str:
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": audience, "sub": f"ext-{login}", "iat": now, "exp": now + 300,
+              "preferred_username": login}
+    return jwt.encode({"alg": "ES256", "kid": issuer_key.kid}, claims, issuer_key)
+
+
+async def test_tokens_of_a_configured_external_issuer_are_accepted(settings, people):
+    async with app_trusting_an_external_issuer(settings) as (http, issuer_key, audience):
+        token = _external_token(issuer_key, audience, people["doctor"].login)
+        me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200 and me.json()["fhirUser"] == people["doctor"].fhir_user
+        forged = _external_token(issuer_key, audience, people["doctor"].login, issuer="https://other.example")
+        assert (await http.get("/api/me", headers={"Authorization": f"Bearer {forged}"})).status_code == 401
 
 
 async def test_a_deactivated_user_loses_access_at_once_with_own_or_external_tokens(app, settings, world):
     login = f"D{uuid.uuid4().hex[:8]}"
     user = await add_user(app.state.db, "http://testserver/fhir", role="practitioner", login=login,
                           password=PASSWORD, name="周医生", organization=world.home)
-    issuer_key = ECKey.generate_key("P-256", auto_kid=True)
-    _JwksHandler.body = json.dumps({"keys": [issuer_key.as_dict(private=False)]}).encode()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _JwksHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    issuer = "https://id.province.example"
-    own = settings.model_copy(update={"oidc_issuer": issuer,
-                                      "oidc_jwks_url": f"http://127.0.0.1:{server.server_port}/jwks"})
-    external_app = create_app(own)
-    try:
-        async with external_app.router.lifespan_context(external_app):
-            transport = httpx.ASGITransport(app=external_app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                own_token = (await _login(http, login)).json()["access_token"]
-                now = int(time.time())
-                external_token = jwt.encode({"alg": "ES256", "kid": issuer_key.kid}, {
-                    "iss": issuer, "aud": own.oidc_audience, "sub": "ext-2", "iat": now, "exp": now + 300,
-                    "preferred_username": login}, issuer_key)
-                for token in (own_token, external_token):
-                    me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
-                    assert me.status_code == 200 and me.json()["id"] == user.id
-                await app.state.db["users"].update_one({"_id": user.id}, {"$set": {"active": False}})
-                for why, token in (("own", own_token), ("external", external_token)):
-                    me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
-                    assert me.status_code == 401, why
-                    assert me.headers["www-authenticate"].startswith("Bearer"), why
-                assert (await _login(http, login)).status_code == 401
-    finally:
-        server.shutdown()
+    async with app_trusting_an_external_issuer(settings) as (http, issuer_key, audience):
+        own_token = (await _login(http, login)).json()["access_token"]
+        external_token = _external_token(issuer_key, audience, login)
+        for token in (own_token, external_token):
+            me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.status_code == 200 and me.json()["id"] == user.id
+        await app.state.db["users"].update_one({"_id": user.id}, {"$set": {"active": False}})
+        for why, token in (("own", own_token), ("external", external_token)):
+            me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+            assert me.status_code == 401, why
+            assert me.headers["www-authenticate"].startswith("Bearer"), why
+        assert (await _login(http, login)).status_code == 401
