@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+from pymongo import MongoClient
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,9 +23,19 @@ from ehr.store import RecordStore  # noqa: E402
 from fhir_profiles.identifiers import USCC_SYSTEM, make_uscc  # noqa: E402
 from qilu.accounts import add_user  # noqa: E402
 from qilu.identity import Role, User  # noqa: E402
+from qilu.services import services_up  # noqa: E402
 from qilu.settings import Settings  # noqa: E402
 
 PASSWORD = "bench password 42"
+
+
+def fresh_bench_database(db_name: str) -> Settings:
+    """The engines up and the bench's database dropped, so every run starts from nothing."""
+    settings = Settings(mongodb_db=db_name)
+    services_up(settings)
+    with MongoClient(settings.effective_mongodb_url) as client:
+        client.drop_database(db_name)
+    return settings
 
 
 def free_port() -> int:

@@ -34,13 +34,13 @@ from redis import asyncio as aioredis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_server import add_organization, add_person, free_port, log_in, start_server, stop_server  # noqa: E402
+from bench_server import (add_organization, add_person, free_port, fresh_bench_database, log_in, start_server,  # noqa: E402
+                          stop_server)
 from timing import Run, measure  # noqa: E402
 
 from ehr.service import RecordService  # noqa: E402
 from ehr.store import RecordStore  # noqa: E402
 from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, make_national_id  # noqa: E402
-from qilu.services import services_up  # noqa: E402
 from qilu.settings import Settings  # noqa: E402
 
 BENCH_DB = "qilu_bench_cards"
@@ -286,10 +286,7 @@ def main() -> None:
     args.cards = max(0, min(args.cards, 2000))
     args.warmup = max(1, min(args.warmup, 50))
 
-    settings = Settings(mongodb_db=BENCH_DB)
-    services_up(settings)
-    with MongoClient(settings.effective_mongodb_url) as client:
-        client.drop_database(BENCH_DB)
+    settings = fresh_bench_database(BENCH_DB)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.monotonic()

@@ -30,7 +30,8 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_server import add_organization, add_person, free_port, log_in, start_server, stop_server  # noqa: E402
+from bench_server import (add_organization, add_person, free_port, fresh_bench_database, log_in, start_server,  # noqa: E402
+                          stop_server)
 from timing import Run, measure  # noqa: E402
 
 from ehr.search import index_resource, parse_search  # noqa: E402
@@ -38,7 +39,6 @@ from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, make_national_id  # no
 from qilu.audit import audit_event  # noqa: E402
 from qilu.auth import Caller  # noqa: E402
 from qilu.identity import User  # noqa: E402
-from qilu.services import services_up  # noqa: E402
 from qilu.settings import Settings  # noqa: E402
 
 BENCH_DB = "qilu_bench"
@@ -338,10 +338,7 @@ def main() -> None:
     args = parser.parse_args()
     args.n = max(10, min(args.n, 20000))
 
-    settings = Settings(mongodb_db=BENCH_DB)
-    services_up(settings)
-    with MongoClient(settings.effective_mongodb_url) as client:
-        client.drop_database(BENCH_DB)
+    settings = fresh_bench_database(BENCH_DB)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
