@@ -84,7 +84,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.kick_outbox = _kick_outbox
         # Consult rooms: the media hub lives as long as the process; stopping it closes every peer connection.
         app.state.consults = consult_service(app.state.db, settings, referrals=app.state.referrals,
-                                             hub=media_hub(settings), enqueue_recording=_enqueue_recording)
+                                             hub=media_hub(settings), enqueue_recording=_enqueue_recording,
+                                             kick_outbox=_kick_outbox)
         try:
             await ping_mongodb(app.state.mongo, timeout_s=settings.mongodb_timeout_ms / 1000)
             for ensure_indexes in INDEX_SETUPS:

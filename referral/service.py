@@ -423,13 +423,26 @@ class ReferralService:
         event = self._event(EVENT_OF_ACTION[action], now, events_to, doc["priority"], **extra)
         return await self._apply(doc, changes, entry, [event])
 
-    async def note_in_history(self, referral_id: str, entry: dict[str, Any]) -> dict[str, Any]:
-        """Add an entry to a referral's history without moving it (e.g. a consult's opinion written back);
-        the caller (another domain's service) has applied its own rules first."""
-        doc = await self.store.get(referral_id)
-        if doc is None:
-            raise not_found(referral_id)
-        return await self._apply(doc, {}, {**entry, "from": doc["status"], "to": doc["status"]}, [])
+    async def note_in_history(self, referral_id: str, entry: dict[str, Any], *,
+                              event: str | None = None) -> dict[str, Any]:
+        """Add an entry to a referral's history without moving it (e.g. a consult's opinion written back), and
+        with `event` tell both hospitals on the live feed; the caller (another domain's service) has applied its
+        own rules first."""
+        attempts_left = 3
+        while True:
+            doc = await self.store.get(referral_id)
+            if doc is None:
+                raise not_found(referral_id)
+            events = [] if event is None else [
+                self._event(event, self.clock(), [doc["origin"], doc["target"]], doc["priority"])]
+            try:
+                return await self._apply(doc, {}, {**entry, "from": doc["status"], "to": doc["status"]}, events)
+            except ReferralRefused as refused:
+                # A note holds whatever state the referral is in: a transition coming between only means reading
+                # it again.
+                attempts_left -= 1
+                if refused.status != 409 or not attempts_left:
+                    raise
 
     async def _write(self, resource_type: str, resource: dict[str, Any]) -> str:
         written, _ = await self.records.create(resource_type, resource)

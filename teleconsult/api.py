@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import structlog
-from fastapi import APIRouter, Request, Response, WebSocket
+from fastapi import APIRouter, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
@@ -48,6 +48,19 @@ async def create(body: ConsultBody, request: Request, caller: CurrentCaller) -> 
     doc = await consults(request).create(caller, body)
     await record_access(request, caller, "create", entities=[doc["encounter"]], patients=[doc["patient"]])
     return JSONResponse(public_view(doc), status_code=201, headers={"Location": f"/api/consults/{doc['_id']}"})
+
+
+@router.get("")
+async def list_consults(request: Request, caller: CurrentCaller,
+                        referral: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9\-.]+$"),
+                        status: Literal["open", "scheduled", "live", "ended"] | None = None,
+                        limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    """The consults the caller holds or is invited to (a patient: those about them), newest first; `referral`
+    narrows them to one referral's, `status=open` to those not ended."""
+    docs, total = await consults(request).list(caller, referral, status, limit, offset)
+    await record_access(request, caller, "consult-search", entities=[d["encounter"] for d in docs],
+                        patients=sorted({d["patient"] for d in docs}))
+    return {"total": total, "offset": offset, "entries": [public_view(d) for d in docs]}
 
 
 @router.get("/{consult_id}")

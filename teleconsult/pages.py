@@ -51,7 +51,6 @@ web.add_messages({
     "room.opinion_final": ("定稿", "Final"),
     "room.opinion_submit": ("提交会诊意见", "Submit the opinion"),
     "room.opinion_saved": ("会诊意见已写入病历。", "The opinion is written to the record."),
-    "room.opinion_for_invitees": ("会诊意见由受邀专家填写。", "The consult opinion is written by the invited specialists."),
     "room.error": ("会诊连接出错：{detail}", "Consult connection problem: {detail}"),
     "room.closed": ("连接已断开（{detail}）。", "The connection closed ({detail})."),
     "room.back": ("返回转诊", "Back to the referral"),

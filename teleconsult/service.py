@@ -1,8 +1,8 @@
 """The consult rules: who may hold, see, join and end a room; its states; chat, shared records, recording, opinion.
 
 A room's people are kept here (who is present, what they agreed to); its media is the hub's. Record writes
-are made as the system once these rules have allowed them: an invited specialist of another hospital writes
-the consult's chat and opinion into a record their own organization does not manage.
+are made as the system once these rules have allowed them: a specialist of another hospital, holding the consult or
+invited to it, writes the consult's chat and opinion into a record their own organization does not manage.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from teleconsult.store import ConsultStore
 log = structlog.get_logger("qilu.teleconsult")
 
 Enqueue = Callable[[str], None]
+Kick = Callable[[], None]
 
 
 class ConsultRefused(Exception):
@@ -102,7 +103,7 @@ def _aware(moment: datetime) -> datetime:
 class ConsultService:
     def __init__(self, store: ConsultStore, records: RecordService, referrals: ReferralService | None,
                  hub: MediaHub | None, rules: ConsultRules, enqueue_recording: Enqueue | None = None,
-                 shared_patients: SharedPatients | None = None):
+                 shared_patients: SharedPatients | None = None, kick_outbox: Kick | None = None):
         # `records` acts as the system; every rule is applied here before it writes. A worker has no hub.
         self.store = store
         self.records = records
@@ -110,6 +111,7 @@ class ConsultService:
         self.hub = hub
         self.rules = rules
         self.enqueue_recording = enqueue_recording
+        self.kick_outbox = kick_outbox  # delivers a referral's new events now rather than at the next sweep
         self.shared_patients = shared_patients or (referrals.shared_patients if referrals else None)
         self._present: dict[str, dict[str, Presence]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -144,6 +146,24 @@ class ConsultService:
         if doc is None or not self._may_see(caller, doc):
             raise not_found(consult_id)
         return doc
+
+    async def list(self, caller: Caller, referral: str | None, status: str | None, limit: int, offset: int
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """The consults the caller may see (the same rule as one consult's), newest first, and how many there are."""
+        if caller.role == "practitioner" and caller.fhir_user:
+            query: dict[str, Any] = {"$or": [{"host": caller.fhir_user}, {"invited": caller.fhir_user}]}
+        elif caller.role == "patient" and caller.fhir_user:
+            query = {"patient": caller.fhir_user}
+        else:
+            raise ConsultRefused(403, "Practitioners and patients only",
+                                 "Consults are listed to the practitioners in them and to their patient")
+        if referral:
+            query["referral"] = referral
+        if status == "open":
+            query["status"] = {"$in": ["scheduled", "live"]}
+        elif status:
+            query["status"] = status
+        return await self.store.find(query, skip=offset, limit=limit), await self.store.count(query)
 
     # --- holding a consult ---------------------------------------------------------------------------------
 
@@ -195,7 +215,24 @@ class ConsultService:
                "recording": {"status": "none"}}
         await self.store.insert(doc)
         log.info("consult created", consult=consult_id, referral=referral_id, invited=len(invited))
+        if referral_id:
+            await self._tell_referral(caller, doc)
         return doc
+
+    async def _tell_referral(self, caller: Caller, doc: dict[str, Any]) -> None:
+        """Put the consult in its referral's history, and on both hospitals' live feed: the invited learn of it on
+        the referral page they have open."""
+        try:
+            await self.referrals.note_in_history(doc["referral"], {
+                "by": caller.fhir_user, "org": caller.organization, "action": "consult-start",
+                "why": doc.get("reason"), "consult": doc["_id"]}, event="consult-started")
+        except ReferralRefused as refused:
+            # The consult stands (its page and the consult list show it); only the live notice is lost.
+            log.warning("consult not noted on its referral", consult=doc["_id"], referral=doc["referral"],
+                        status=refused.status)
+            return
+        if self.kick_outbox is not None:
+            self.kick_outbox()
 
     async def _set_encounter_status(self, doc: dict[str, Any], status: str, now: datetime) -> None:
         current = (await self.records.read("Encounter", doc["_id"]))["resource"]
@@ -434,9 +471,12 @@ class ConsultService:
 
     async def opinion(self, caller: Caller, consult_id: str, body: OpinionBody) -> tuple[dict[str, Any], str]:
         doc = await self.get(caller, consult_id)
-        if caller.role != "practitioner" or caller.fhir_user not in doc["invited"]:
-            raise ConsultRefused(403, "Invited specialists only",
-                                 "The consult opinion is written by a practitioner invited to the consult")
+        # Either side may hold the consult (the specialist often does, inviting the referring doctor), so the note is
+        # written by whichever practitioner took part: the host or one invited. The patient never writes it.
+        if caller.role != "practitioner" or not self.is_invited(caller, doc):
+            raise ConsultRefused(403, "Practitioners of the consult only",
+                                 "The consult opinion is written by the practitioner who holds the consult or one "
+                                 "invited to it")
         if doc["status"] == "scheduled":
             raise ConsultRefused(409, "Consult not held yet", "Write the opinion once the consult has started")
         written, _ = await self.records.create("Composition", opinion_composition(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 
 ROOMS = "consult_rooms"
 
@@ -20,6 +20,9 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     await rooms.create_index([("patient", ASCENDING)], name="patient")
     await rooms.create_index([("referral", ASCENDING)], name="referral")
     await rooms.create_index([("status", ASCENDING), ("scheduled", ASCENDING)], name="status_scheduled")
+    # A practitioner's consults: those they hold and those they are invited to.
+    await rooms.create_index([("host", ASCENDING)], name="host")
+    await rooms.create_index([("invited", ASCENDING)], name="invited")
 
 
 class ConsultStore:
@@ -31,6 +34,14 @@ class ConsultStore:
 
     async def get(self, consult_id: str) -> dict[str, Any] | None:
         return await self.rooms.find_one({"_id": consult_id})
+
+    async def find(self, query: dict[str, Any], *, skip: int = 0, limit: int = 50) -> list[dict[str, Any]]:
+        """Rooms matching `query`, newest first."""
+        return await self.rooms.find(query, sort=[("created", DESCENDING), ("_id", ASCENDING)], skip=skip,
+                                     limit=limit).to_list(length=limit)
+
+    async def count(self, query: dict[str, Any]) -> int:
+        return await self.rooms.count_documents(query)
 
     async def update(self, consult_id: str, changes: dict[str, Any], *,
                      when_status: tuple[str, ...] | None = None) -> dict[str, Any] | None:

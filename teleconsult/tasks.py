@@ -13,7 +13,7 @@ from qilu.settings import Settings
 from referral.service import ReferralService
 from teleconsult.hub import AiortcHub, MediaHub
 from teleconsult.recording import describe_recording
-from teleconsult.service import ConsultRules, ConsultService, Enqueue
+from teleconsult.service import ConsultRules, ConsultService, Enqueue, Kick
 from teleconsult.store import ConsultStore
 
 
@@ -30,10 +30,11 @@ def media_hub(settings: Settings) -> MediaHub:
 
 
 def consult_service(db, settings: Settings, *, referrals: ReferralService | None, hub: MediaHub | None,
-                    enqueue_recording: Enqueue | None = None) -> ConsultService:
+                    enqueue_recording: Enqueue | None = None, kick_outbox: Kick | None = None) -> ConsultService:
     """The consult service over one database, writing to the record as the system."""
     records = RecordService(RecordStore(db), settings.base_url + "/fhir")
-    return ConsultService(ConsultStore(db), records, referrals, hub, rules_from(settings), enqueue_recording)
+    return ConsultService(ConsultStore(db), records, referrals, hub, rules_from(settings), enqueue_recording,
+                          kick_outbox=kick_outbox)
 
 
 async def _describe(path: Path) -> dict[str, Any]:

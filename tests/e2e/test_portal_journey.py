@@ -1,6 +1,6 @@
-"""The portals in a real browser: a county doctor refers a patient up, a specialist takes it from a live inbox,
-they consult over video, the specialist sends the patient back with a discharge summary, and the patient sees it
-all on a phone — every main page screenshotted and checked with axe-core."""
+"""The portals in a real browser: a county doctor refers a patient up, a specialist takes it from a live inbox and
+starts a video consult the doctor is invited to live, the specialist sends the patient back with a discharge
+summary, and the patient sees it all on a phone — every main page screenshotted and checked with axe-core."""
 
 from __future__ import annotations
 
@@ -123,19 +123,26 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await expect(specialist.locator("#shared-list li")).to_have_count(3)
         await check_page(specialist, "specialist-referral")
 
-        # --- the doctor's page hears of it live, and the doctor holds a consult with the specialist ----------
+        # --- the doctor's page hears of it live; the specialist starts a consult inviting the doctor ---------------
         await expect(doctor.locator("#referral-status")).to_have_attribute("data-status", "accepted")
         await check_page(doctor, "doctor-referral")
-        await doctor.click("#start-consult")
-        await doctor.wait_for_url(re.compile(r"/consults/[0-9a-f]{32}$"))
-        await doctor.click("#join-button")
-        await expect(doctor.locator("#room")).to_be_visible()
-
-        join = specialist.locator("#consult-list a.button")
-        await expect(join).to_be_visible()
-        await join.click()
+        await doctor.evaluate("window.__sameReferralPage = true")
+        await specialist.click("#start-consult")
+        await specialist.wait_for_url(re.compile(r"/consults/[0-9a-f]{32}$"))
+        consult_id = specialist.url.rsplit("/", 1)[1]
         await specialist.click("#join-button")
         await expect(specialist.locator("#room")).to_be_visible()
+
+        # The invitation reaches the doctor's open referral page through the live feed, without a reload.
+        join = doctor.locator(f"#consult-list a#join-{consult_id}")
+        await expect(join).to_be_visible()
+        assert await doctor.evaluate("window.__sameReferralPage === true")
+        await expect(join).to_have_text("加入会诊")
+        await expect(doctor.locator("#history-list li[data-action='consult-start']")).to_have_count(1)
+        await check_page(doctor, "doctor-referral-consult-invitation")
+        await join.click()
+        await doctor.click("#join-button")
+        await expect(doctor.locator("#room")).to_be_visible()
         await expect(specialist.locator("#people li")).to_have_count(2)
 
         # --- both see the other's video playing -------------------------------------------------------------
@@ -159,7 +166,8 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await check_page(doctor, "doctor-consult-room")
         await check_page(specialist, "specialist-consult-room")
 
-        # --- the specialist writes the opinion, then discharges the patient with a summary ---------------------
+        # --- the specialist, who holds the consult, writes the opinion, then discharges the patient -------------
+        await expect(specialist.locator("#end")).to_be_visible()
         await specialist.fill("#opinion-text", OPINION)
         await specialist.click("#opinion-submit")
         await expect(specialist.locator("#opinion-result")).to_have_class(re.compile("ok"))

@@ -1,8 +1,12 @@
-"""Consult rooms over HTTP: holding one (about a referral, or stand-alone), who sees and ends it, the opinion."""
+"""Consult rooms over HTTP: holding one (about a referral, or stand-alone), who sees, lists and ends it, the opinion,
+and the referral's live feed hearing of it."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sys
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +16,7 @@ import pytest
 from consult_world import ConsultPeople, hold_consult, sign_in
 from ehr.service import RecordService
 from ehr.store import RecordStore
+from referral.models import EVENTS_CHANNEL
 from sample_records import PASSWORD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "referral"))
@@ -74,7 +79,6 @@ async def test_a_consult_about_a_referral_gets_the_specialists_opinion(app, rw: 
         _problem(await county.http.post(f"/api/consults/{consult['id']}/end"), 409)
         assert (await county.http.get(f"/fhir/{consult['encounter']}")).json()["status"] == "finished"
 
-        _problem(await county.http.post(f"/api/consults/{consult['id']}/opinion", json=opinion), 403)
         _problem(await stranger.http.post(f"/api/consults/{consult['id']}/opinion", json=opinion), 404)
         written = await specialist.http.post(f"/api/consults/{consult['id']}/opinion", json=opinion)
         assert written.status_code == 201, written.text
@@ -122,3 +126,121 @@ async def test_holding_seeing_and_ending_are_refused_to_the_wrong_people(people:
     _problem(await people.patient.http.post(f"{url}/end"), 403)
     _problem(await people.outsider.http.post(f"{url}/end"), 404)
     assert (await people.host.http.post(f"{url}/end")).json()["status"] == "ended"
+
+
+@asynccontextmanager
+async def referral_feed(app):
+    """Listen on the live feed's Redis channel; yields `next_event(referral, kind)`, which delivers the outbox (or
+    finds a worker did) and returns that event."""
+    pubsub = app.state.redis.pubsub()
+    await pubsub.subscribe(EVENTS_CHANNEL)
+
+    async def publish(message: dict) -> None:
+        await app.state.redis.publish(EVENTS_CHANNEL, json.dumps(message))
+
+    async def next_event(referral_id: str, kind: str, *, timeout: float = 15) -> dict:
+        await app.state.referrals.deliver_outbox(publish, None)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+            if message is not None:
+                event = json.loads(message["data"])
+                if event["referral"] == referral_id and event["type"] == kind:
+                    return event
+        raise AssertionError(f"no {kind} event for referral {referral_id}")
+
+    try:
+        yield next_event
+    finally:
+        await pubsub.unsubscribe(EVENTS_CHANNEL)
+        await pubsub.aclose()
+
+
+async def test_the_specialist_holds_a_consult_inviting_the_referring_doctor(app, rw: ReferralWorld):
+    """Either side may hold the consult: the specialist invites the doctor who referred; both sides hear of it on
+    the live feed, the referral's history says so, and host and invited (never the patient) write the opinion."""
+    case = await new_case(app.state.db, rw, patient=rw.patient.fhir_user)
+    county = await _in_process(app, rw.county_doctor)
+    specialist = await _in_process(app, rw.jinan_specialist)
+    patient = await _in_process(app, rw.patient)
+    try:
+        referral = (await county.post("/api/referrals", json=referral_body(rw, case, target=rw.jinan))).json()
+        for action in ("receive", "accept"):
+            assert (await specialist.post(f"/api/referrals/{referral['id']}/{action}", json={})).status_code == 200
+        async with referral_feed(app) as next_event:
+            response = await specialist.post("/api/consults", json={
+                "referral": referral["id"], "invite": [referral["requester"]], "scheduled": NOW})
+            assert response.status_code == 201, response.text
+            consult = response.json()
+            assert consult["host"] == rw.jinan_specialist.fhir_user
+            assert consult["invited"] == [rw.county_doctor.fhir_user]
+            event = await next_event(referral["id"], "consult-started")
+        assert set(event["to"]) == {rw.county, rw.jinan} and event["patient"] == case.patient
+        history = (await county.get(f"/api/referrals/{referral['id']}")).json()["history"]
+        assert history[-1]["action"] == "consult-start" and history[-1]["consult"] == consult["id"]
+        assert history[-1]["by"] == rw.jinan_specialist.fhir_user and history[-1]["to"] == "accepted"
+
+        opinion = {"text": "Coronary angiography within 24 h."}
+        _problem(await specialist.post(f"/api/consults/{consult['id']}/opinion", json=opinion), 409)  # not held yet
+        _problem(await county.post(f"/api/consults/{consult['id']}/end"), 403)  # only the host ends it
+        assert (await specialist.post(f"/api/consults/{consult['id']}/end")).status_code == 200
+        _problem(await patient.post(f"/api/consults/{consult['id']}/opinion", json=opinion), 403)
+        records = RecordService(RecordStore(app.state.db), "http://testserver/fhir")
+        for writer, author in ((specialist, rw.jinan_specialist), (county, rw.county_doctor)):
+            written = await writer.post(f"/api/consults/{consult['id']}/opinion", json=opinion)
+            assert written.status_code == 201, written.text
+            composition = (await records.read(*written.json()["composition"].split("/")))["resource"]
+            assert composition["author"] == [{"reference": author.fhir_user}]
+        history = (await county.get(f"/api/referrals/{referral['id']}")).json()["history"]
+        assert [h["by"] for h in history if h["action"] == "consult-opinion"] == [
+            rw.jinan_specialist.fhir_user, rw.county_doctor.fhir_user]
+    finally:
+        for client in (county, specialist, patient):
+            await client.aclose()
+
+
+async def test_listing_consults_shows_each_caller_only_the_consults_they_are_in(app, rw: ReferralWorld, world):
+    case = await new_case(app.state.db, rw, patient=rw.patient.fhir_user)
+    county = await _in_process(app, rw.county_doctor)
+    specialist = await _in_process(app, rw.jinan_specialist)
+    stranger = await _in_process(app, rw.qingdao_specialist)
+    patient = await _in_process(app, rw.patient)
+    admin = await _in_process(app, world.admin)
+    try:
+        referral = (await county.post("/api/referrals", json=referral_body(rw, case, target=rw.jinan))).json()
+        held = []
+        for _ in range(2):
+            created = await county.post("/api/consults", json={"referral": referral["id"],
+                                                               "invite": [rw.jinan_specialist.fhir_user],
+                                                               "scheduled": NOW})
+            assert created.status_code == 201, created.text
+            held.append(created.json()["id"])
+        url = f"/api/consults?referral={referral['id']}"
+        for person in (county, specialist, patient):
+            listed = await person.get(url)
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["total"] == 2
+            assert [c["id"] for c in listed.json()["entries"]] == held[::-1]  # newest first
+        # A practitioner of the referral's hospitals who is not in the consult sees none of it.
+        assert (await stranger.get(url)).json() == {"total": 0, "offset": 0, "entries": []}
+        _problem(await admin.get(url), 403)
+
+        first_page = (await county.get(f"{url}&limit=1")).json()
+        second_page = (await county.get(f"{url}&limit=1&offset=1")).json()
+        assert first_page["total"] == second_page["total"] == 2
+        assert [first_page["entries"][0]["id"], second_page["entries"][0]["id"]] == held[::-1]
+        assert (await county.post(f"/api/consults/{held[0]}/end")).status_code == 200
+        assert [c["id"] for c in (await specialist.get(f"{url}&status=open")).json()["entries"]] == [held[1]]
+        assert [c["id"] for c in (await specialist.get(f"{url}&status=ended")).json()["entries"]] == [held[0]]
+        # Without a referral: every consult the caller is in, this one among them.
+        mine = (await specialist.get("/api/consults?limit=200")).json()
+        assert set(held) <= {c["id"] for c in mine["entries"]}
+        assert all(rw.jinan_specialist.fhir_user in (c["host"], *c["invited"]) for c in mine["entries"])
+
+        for bad in ("?referral=not%20an%20id", "?status=maybe", "?limit=0", "?limit=201", "?offset=-1",
+                    f"?referral={'x' * 65}"):
+            problem = _problem(await county.get(f"/api/consults{bad}"), 422)
+            assert problem["detail"], problem
+    finally:
+        for client in (county, specialist, stranger, patient, admin):
+            await client.aclose()

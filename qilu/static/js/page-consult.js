@@ -73,8 +73,12 @@ async function loadConsult() {
   back.href = me.role === 'patient' ? '/me/referrals' : consult.referral
     ? `/referrals/${encodeURIComponent(consult.referral)}` : '/';
   back.hidden = false;
-  if (me.role === 'practitioner' && consult.invited.includes(me.fhirUser)) $('#opinion-section').hidden = false;
-  if (me.role === 'practitioner' && consult.host === me.fhirUser) $('#end').hidden = false;
+  const hosting = me.role === 'practitioner' && consult.host === me.fhirUser;
+  // The opinion is written by any practitioner of the consult: whoever holds it, or one invited.
+  if (hosting || (me.role === 'practitioner' && consult.invited.includes(me.fhirUser))) {
+    $('#opinion-section').hidden = false;
+  }
+  if (hosting) $('#end').hidden = false;
   if (consult.status === 'ended') {
     say(t('room.ended'));
     $('#join-form').hidden = true;

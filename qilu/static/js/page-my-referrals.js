@@ -1,7 +1,5 @@
 // The patient's referrals (where they go, how far they are, the discharge summary) and remote consults.
-import { $, api, codeText, el, empty, failed, fhir, fmtDateTime, liveReferrals, loading, page, t } from './qilu.js';
-
-const patientRef = `Patient/${page.patient}`;
+import { $, api, codeText, el, empty, failed, fhir, fmtDateTime, liveReferrals, loading, t } from './qilu.js';
 
 function statusWords(r) {
   const words = t(`referral.status.${r.status}`);
@@ -47,30 +45,28 @@ async function loadReferrals() {
 
 async function loadConsults() {
   const holder = $('#my-consults');
-  loading(holder);
+  if (!holder.childElementCount) loading(holder);
   try {
-    const encounters = (await fhir.search('Encounter', [['patient', patientRef], ['_sort', '-date'], ['_count', '50']]))
-      .filter((e) => e.class?.code === 'VR');
-    if (!encounters.length) return empty(holder, t('my.consults_none'));
-    const items = await Promise.all(encounters.map(async (e) => {
-      let consult = null;
-      try {
-        consult = await api(`/api/consults/${encodeURIComponent(e.id)}`);
-      } catch {
-        consult = null;
-      }
-      const joinable = consult && consult.invitePatient && consult.status !== 'ended';
-      return el('li', {}, `${fmtDateTime(e.period?.start)} · ${t(`detail.consult_status.${e.status}`)} `,
-        (e.reasonCode || []).map(codeText).join('、'), ' ',
-        joinable ? el('a', { class: 'button primary', href: `/consults/${encodeURIComponent(e.id)}` }, t('my.join')) : null);
-    }));
-    holder.replaceChildren(el('ul', { class: 'plain' }, items));
+    const consults = (await api('/api/consults?limit=50')).entries;
+    if (!consults.length) return empty(holder, t('my.consults_none'));
+    holder.replaceChildren(el('ul', { class: 'plain', id: 'my-consult-list' }, consults.map((c) => {
+      const status = { scheduled: 'planned', live: 'in-progress', ended: 'finished' }[c.status];
+      // Every consult about the patient is shown; joining takes an invitation.
+      const joinable = c.invitePatient && c.status !== 'ended';
+      return el('li', { 'data-consult': c.id }, `${fmtDateTime(c.started || c.scheduled)} · `
+        + `${t(`detail.consult_status.${status}`)} `, c.reason || '', ' ',
+      joinable ? el('a', { class: 'button primary', href: `/consults/${encodeURIComponent(c.id)}` }, t('my.join'))
+        : null);
+    })));
   } catch (error) {
     failed(holder, error, loadConsults);
   }
   return null;
 }
 
-liveReferrals(() => loadReferrals(), $('#live-status'));
+liveReferrals((event) => {
+  loadReferrals();
+  if (event.type === 'consult-started') loadConsults();
+}, $('#live-status'), loadConsults);
 loadReferrals();
 loadConsults();

@@ -1,5 +1,5 @@
-// Inbox (receiving hospital) and outbox (referring hospital): urgent first, deadlines counting down, and
-// updated live from the referral events feed without reloading the page.
+// Inbox (receiving hospital) and outbox (referring hospital): urgent first, deadlines counting down, a link into
+// the open consults about them, and updated live from the referral events feed without reloading the page.
 import { $, api, countdownText, displayOf, el, empty, failed, fmtDateTime, liveReferrals, loading, page,
   scrollBox, t } from './qilu.js';
 
@@ -21,6 +21,9 @@ function deadlineCell(r) {
     el('time', { datetime: r.deadline }, countdownText(r.deadline)));
 }
 
+// The open consults the caller holds or is invited to, by referral: their rows get a link into the room.
+let openConsults = new Map();
+
 function row(r) {
   const patient = el('span', {}, box === 'outbox' ? '…' : '—');
   if (box === 'outbox') displayOf(r.patient).then((name) => { patient.textContent = name; });
@@ -32,7 +35,9 @@ function row(r) {
       ` ${r.reason.code}`) : null),
     box === 'outbox' ? el('td', {}, patient) : null,
     el('td', {}, other),
-    el('td', {}, el('span', { class: `status ${r.status}` }, statusWords(r))),
+    el('td', {}, el('span', { class: `status ${r.status}` }, statusWords(r)), openConsults.has(r.id) ? [' ',
+      el('a', { class: 'button small', href: `/consults/${encodeURIComponent(openConsults.get(r.id))}` },
+        t('detail.consult_join'))] : null),
     deadlineCell(r),
     el('td', {}, fmtDateTime(r.created)));
 }
@@ -44,8 +49,11 @@ async function load() {
   if (!holder.querySelector('table')) loading(holder);
   const status = $('#filter').value;
   try {
-    const found = await api(`/api/referrals?box=${box}&limit=100${status ? `&status=${status}` : ''}`);
+    const [found, consults] = await Promise.all([
+      api(`/api/referrals?box=${box}&limit=100${status ? `&status=${status}` : ''}`),
+      api('/api/consults?status=open&limit=100')]);
     if (call !== loads) return null; // a newer load is under way: it draws
+    openConsults = new Map(consults.entries.filter((c) => c.referral).reverse().map((c) => [c.referral, c.id]));
     if (!found.entries.length) return empty(holder, t(box === 'inbox' ? 'list.empty_inbox' : 'list.empty_outbox'));
     const headers = ['list.priority', 'list.reason', ...(box === 'outbox' ? ['list.patient'] : []),
       box === 'inbox' ? 'list.from' : 'list.to', 'list.status', 'list.deadline', 'list.created'];

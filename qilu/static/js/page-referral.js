@@ -275,7 +275,6 @@ async function drawShared() {
 
 // --- consults about this referral ---------------------------------------------------------------------
 
-let consultTimer;
 let consultsDrawn = '';
 
 function accepter() {
@@ -283,10 +282,14 @@ function accepter() {
   return accepted?.by;
 }
 
+// Either side may hold a consult: the receiving specialist invites the referring doctor, the referring doctor
+// invites the specialist who accepted.
+const counterpart = () => (side() === 'target' ? referral.requester : side() === 'origin' ? accepter() : null);
+
 async function startConsult(button) {
   button.disabled = true;
   try {
-    const consult = await api('/api/consults', { json: { referral: id, invite: [accepter()],
+    const consult = await api('/api/consults', { json: { referral: id, invite: [counterpart()],
       scheduled: new Date().toISOString(), reason: referral.reason?.display || null } });
     location.assign(`/consults/${encodeURIComponent(consult.id)}`);
   } catch (error) {
@@ -297,6 +300,16 @@ async function startConsult(button) {
 
 let consultCalls = 0;
 
+function consultLine(c) {
+  const status = { scheduled: 'planned', live: 'in-progress', ended: 'finished' }[c.status];
+  const who = el('span', { class: 'muted' });
+  displayOf(c.host).then((name) => { who.textContent = name; });
+  return el('li', { 'data-consult': c.id, 'data-status': c.status },
+    `${fmtDateTime(c.started || c.scheduled)} · ${t(`detail.consult_status.${status}`)} · `, who, ' ',
+    c.status !== 'ended' ? el('a', { class: 'button', href: `/consults/${encodeURIComponent(c.id)}`,
+      id: `join-${c.id}` }, t(c.host === me.fhirUser ? 'detail.consult_enter' : 'detail.consult_join')) : null);
+}
+
 async function drawConsults() {
   const call = ++consultCalls;
   const holder = $('#consults');
@@ -304,37 +317,30 @@ async function drawConsults() {
     loading(holder);
     consultsDrawn = '';
   }
-  let encounters = [];
+  let consults;
   try {
-    encounters = (await fhir.search('Encounter', [['based-on', `ServiceRequest/${id}`], ['_count', '20']]))
-      .filter((e) => e.class?.code === 'VR');
+    consults = (await api(`/api/consults?referral=${encodeURIComponent(id)}&limit=20`)).entries;
   } catch (error) {
-    if (!(error instanceof ApiError && error.status === 404)) {
-      if (call === consultCalls) failed(holder, error, drawConsults);
-      return;
-    }
+    if (call === consultCalls) failed(holder, error, drawConsults);
+    return;
   }
   // Only the latest look draws, from the referral as it is now (an older one may answer last).
   if (call !== consultCalls) return;
   // Redrawn only when something changed, so a link being clicked is never swapped under the pointer.
-  const signature = JSON.stringify([side(), referral.status, accepter(), encounters.map((e) => [e.id, e.status])]);
+  const signature = JSON.stringify([side(), referral.status, counterpart(), consults.map((c) => [c.id, c.status])]);
   if (signature === consultsDrawn && !holder.querySelector('.loading')) return;
   consultsDrawn = signature;
   const parts = [];
-  if (side() === 'origin') {
-    if (['accepted', 'in-progress'].includes(referral.status) && accepter()) {
-      const start = el('button', { type: 'button', class: 'primary', id: 'start-consult' }, t('detail.consult_start'));
-      start.addEventListener('click', () => startConsult(start));
-      parts.push(start);
-    } else if (['requested', 'received'].includes(referral.status)) {
-      parts.push(el('p', { class: 'muted' }, t('detail.consult_after_accept')));
-    }
+  const open = consults.some((c) => c.status !== 'ended');
+  if (['accepted', 'in-progress'].includes(referral.status) && counterpart() && !open) {
+    const start = el('button', { type: 'button', class: 'primary', id: 'start-consult' }, t('detail.consult_start'));
+    start.addEventListener('click', () => startConsult(start));
+    parts.push(start);
+  } else if (side() === 'origin' && ['requested', 'received'].includes(referral.status)) {
+    parts.push(el('p', { class: 'muted' }, t('detail.consult_after_accept')));
   }
-  if (encounters.length) {
-    parts.push(el('ul', { class: 'plain', id: 'consult-list' }, encounters.map((e) => el('li', {},
-      `${fmtDateTime(e.period?.start)} · ${t(`detail.consult_status.${e.status}`)} `,
-      e.status !== 'finished' ? el('a', { class: 'button', href: `/consults/${encodeURIComponent(e.id)}`,
-        id: `join-${e.id}` }, t('detail.consult_join')) : null))));
+  if (consults.length) {
+    parts.push(el('ul', { class: 'plain', id: 'consult-list' }, consults.map(consultLine)));
   } else if (!parts.length) {
     parts.push(el('p', { class: 'state empty' }, t('detail.consult_none')));
   }
@@ -363,19 +369,16 @@ async function load() {
   }
 }
 
+// A consult started about this referral comes as an event too ("consult-started"): the invited see it appear.
 liveReferrals(async (event) => {
   if (event.referral !== id) return;
   const before = referral?.version;
   await load();
   if (referral?.version !== before) say(t(`referral.event.${event.type}`), 'info');
-}, $('#live-status'));
-
-// An invitation to a consult is not a referral event: while one may come (accepted, none open yet), look for it
-// every few seconds. Each look is an audited search, so the page stops once it has found one.
-consultTimer = setInterval(() => {
-  if (!referral || document.hidden || !['accepted', 'in-progress'].includes(referral.status)) return;
-  if ($('#consult-list a')) return;
-  drawConsults();
-}, 5000);
-window.addEventListener('pagehide', () => { clearInterval(consultTimer); clearInterval(countdown); });
+}, $('#live-status'), () => {
+  // Back after the feed was lost: what happened meanwhile was not heard, so look again.
+  if (referral) drawConsults();
+  load();
+});
+window.addEventListener('pagehide', () => clearInterval(countdown));
 load();

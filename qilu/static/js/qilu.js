@@ -265,13 +265,18 @@ export function announce(node, text, kind = 'info') {
 
 // --- live updates (server-sent events of referrals) ------------------------------------------------------
 
-export function liveReferrals(onEvent, statusNode) {
+/** Call `onEvent` for each referral event of the caller's; `onResume` when the feed is back after a loss (events
+ *  of the gap are not replayed, so a page looks again). */
+export function liveReferrals(onEvent, statusNode, onResume) {
   const seen = new Set();
   let source;
+  let lost = false;
   const connect = () => {
     source = new EventSource('/api/referrals/events');
     source.addEventListener('open', () => {
       if (statusNode) statusNode.textContent = t('state.live');
+      if (lost && onResume) onResume();
+      lost = false;
     });
     source.addEventListener('referral', (message) => {
       const event = JSON.parse(message.data);
@@ -281,6 +286,7 @@ export function liveReferrals(onEvent, statusNode) {
     });
     source.addEventListener('error', async () => {
       if (leaving) return;
+      lost = true;
       if (statusNode) statusNode.textContent = t('state.live_lost');
       if (source.readyState === EventSource.CLOSED) {
         // Refused, perhaps for an expired token: a plain call renews it if so; then listen again.
