@@ -1,12 +1,14 @@
 """The consult API under /api/consults: thin routes, and the signaling WebSocket of a room.
 
-Signaling, one JSON object per message. The client sends `join` {consent} first, then `answer` {sdp} to each
-`offer` the server makes, optionally `candidate` {candidate, sdpMid, sdpMLineIndex}, `chat` {text},
-`share` {reference, note} and `leave`. The server sends `joined`, `offer` {sdp, streams: mid -> the peer it
-carries}, `peers` (who is there, the ICE servers, whether it records), `chat`, `share`, `ended` and `error`
-{error, code, message}. A refusal is an `error` followed by a close whose code is 4000 + the HTTP status:
-4401 bad token, 4403 not invited, 4404 unknown consult, 4409 ended or not open yet, 4400 malformed message
-or SDP, 4413 message too large, 4408 no join in time, 4429 flooding.
+Signaling, one JSON object per message, on a socket opened with the portal's session cookie (from this site's
+own pages) or with `?token=<access token>` (any other client). The client sends `join` {consent} first, then
+`answer` {sdp} to each `offer` the server makes, optionally `candidate` {candidate, sdpMid, sdpMLineIndex},
+`chat` {text}, `share` {reference, note} and `leave`. The server sends `joined`, `offer` {sdp, streams: mid -> the
+peer it carries}, `peers` (who is there, the ICE servers, whether it records), `chat`, `share`, `ended` and
+`error` {error, code, message}. A refusal is an `error` followed by a close whose code is 4000 + the HTTP status:
+4401 bad or missing token, 4403 not invited (or the cookie sent from another site's page), 4404 unknown consult,
+4409 ended or not open yet, 4400 malformed message or SDP, 4413 message too large, 4408 no join in time,
+4429 flooding.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import json
 import time
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import APIRouter, Query, Request, Response, WebSocket
@@ -22,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
 from qilu.audit import record_access
-from qilu.auth import CurrentCaller
+from qilu.auth import TOKEN_COOKIE, CurrentCaller
 from qilu.problems import Problem
 from qilu.settings import Settings
 from teleconsult.hub import SignalingError
@@ -192,8 +195,15 @@ async def signaling(websocket: WebSocket, consult_id: str, token: str | None = N
     settings: Settings = websocket.app.state.settings
     presence: Presence | None = None
     try:
+        # Browsers send no Authorization header on an upgrade but do send the portal's session cookie; other
+        # clients pass their access token as ?token=. Either is checked like any request's token.
+        credential = token or websocket.cookies.get(TOKEN_COOKIE)
+        if not token and credential and not _same_origin(websocket, settings):
+            await channel.refuse(4403, "cross-origin", "The session cookie is accepted from this site's own pages "
+                                                       "only; other clients send ?token=<access token>")
+            return
         try:
-            caller = await websocket.app.state.tokens.caller(token or "")
+            caller = await websocket.app.state.tokens.caller(credential or "")
         except Problem as problem:  # 401 for a bad token; 503 when the identity service cannot be reached
             await channel.refuse(4000 + problem.status, "bad-token" if problem.status == 401 else "unavailable",
                                  problem.detail or "Log in first: ?token=<access token>")
@@ -248,6 +258,16 @@ async def signaling(websocket: WebSocket, consult_id: str, token: str | None = N
     finally:
         if presence is not None:
             await service.leave(presence)
+
+
+def _same_origin(websocket: WebSocket, settings: Settings) -> bool:
+    """Whether a handshake carrying the cookie comes from our own pages: a page of another site could otherwise open
+    a room's socket with the visitor's cookie (cross-site WebSocket hijacking). No Origin: not a browser."""
+    origin = websocket.headers.get("origin")
+    if origin is None:
+        return True
+    ours = {websocket.headers.get("host", ""), urlsplit(settings.base_url).netloc}
+    return urlsplit(origin).netloc in ours
 
 
 def _parse(text: str | bytes, settings: Settings) -> Any:

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from qilu import web
-from qilu.auth import TOKEN_COOKIE
 
 router = APIRouter(include_in_schema=False)
 
@@ -63,7 +62,5 @@ web.add_messages({
 @router.get("/consults/{consult_id}")
 async def consult_room(request: Request, consult_id: str) -> Response:
     caller = await web.page_caller(request, ["practitioner", "patient"])
-    # The signaling WebSocket takes the access token as ?token= (browsers send no Authorization header on an
-    # upgrade), so this page hands its script the caller's own token; the page is never cached.
-    return web.render(request, "consult.html", caller, "room.title",
-                      page={"consult": consult_id, "token": request.cookies.get(TOKEN_COOKIE, "")})
+    # No token in the page: the signaling WebSocket is opened with the same session cookie as the page.
+    return web.render(request, "consult.html", caller, "room.title", page={"consult": consult_id})

@@ -144,6 +144,9 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await doctor.click("#join-button")
         await expect(doctor.locator("#room")).to_be_visible()
         await expect(specialist.locator("#people li")).to_have_count(2)
+        # The page never held the access token: the socket went up with the session cookie.
+        token = next(c["value"] for c in await doctor_context.cookies() if c["name"] == "qilu_token")
+        assert token not in await doctor.content()
 
         # --- both see the other's video playing -------------------------------------------------------------
         await asyncio.gather(remote_video_plays(doctor), remote_video_plays(specialist))

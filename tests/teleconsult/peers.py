@@ -21,6 +21,8 @@ from aiortc import (AudioStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeer
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
+from qilu.auth import TOKEN_COOKIE
+
 WIDTH, HEIGHT, FPS = 160, 120, 10
 BLOCK = 20  # each bit a 20 x 20 block, 8 to a row: the number (2 rows), the mark, a check byte
 SAMPLE_RATE = 48000
@@ -130,10 +132,14 @@ class PeerClosed(Exception):
 class ConsultPeer:
     """One participant: connect, join, answer the server's offers, receive and record what arrives."""
 
-    def __init__(self, base_ws: str, consult_id: str, token: str, *, mark: int, hertz: float, name: str = "",
-                 auto_answer: bool = True):
+    def __init__(self, base_ws: str, consult_id: str, token: str | None, *, mark: int, hertz: float, name: str = "",
+                 auto_answer: bool = True, cookie: str | None = None, origin: str | None = None):
+        """With `token`, it is sent as ?token= (any client); with `cookie`, as the portal's session cookie, the way
+        a browser's page opens the socket (with its page's `origin`)."""
         self.auto_answer = auto_answer
-        self.url = f"{base_ws}/api/consults/{consult_id}/ws?token={token}"
+        self.url = f"{base_ws}/api/consults/{consult_id}/ws" + (f"?token={token}" if token is not None else "")
+        self.headers = {"Cookie": f"{TOKEN_COOKIE}={cookie}"} if cookie is not None else {}
+        self.origin = origin
         self.mark, self.hertz, self.name = mark, hertz, name or f"peer{mark}"
         self.ws: Any = None
         self.pc: RTCPeerConnection | None = None
@@ -150,7 +156,8 @@ class ConsultPeer:
         self._changed = asyncio.Event()
 
     async def connect(self) -> None:
-        self.ws = await websockets.connect(self.url, open_timeout=10, max_size=2 ** 20)
+        self.ws = await websockets.connect(self.url, open_timeout=10, max_size=2 ** 20, origin=self.origin,
+                                           additional_headers=self.headers)
         self._tasks.append(asyncio.ensure_future(self._read()))
 
     async def join(self, consent: bool = True, *, timeout: float = 15) -> dict[str, Any]:

@@ -216,3 +216,41 @@ async def test_a_room_not_open_yet_is_refused(consult_server, people: ConsultPeo
     assert closed.value.code == 4409 and early.messages[-1]["error"] == "not-open-yet"
     await early.close()
     assert (await people.host.http.get(f"/api/consults/{consult['id']}")).json()["status"] == "scheduled"
+
+
+async def test_the_portal_session_cookie_opens_the_socket_from_our_own_pages_only(consult_server,
+                                                                                  people: ConsultPeople):
+    """A browser page opens the room's socket with its session cookie (no token in the page); a page of another
+    site sending the same cookie is refused, and so is a socket with neither cookie nor token."""
+    consult = await hold_consult(people)
+
+    def by_cookie(person, mark: int, origin: str | None, cookie: str | None = None) -> ConsultPeer:
+        return ConsultPeer(consult_server.ws, consult["id"], None, mark=mark, hertz=TONES[mark], name=f"cookie{mark}",
+                           cookie=person.token if cookie is None else cookie, origin=origin)
+
+    async def refused(p: ConsultPeer, code: int, error: str) -> None:
+        with pytest.raises(PeerClosed) as closed:
+            await p.join()
+        assert closed.value.code == code, (closed.value.code, closed.value.reason, p.messages)
+        assert p.messages[-1]["error"] == error, p.messages
+        await p.close()
+
+    host = by_cookie(people.host, 1, consult_server.base)
+    specialist = by_cookie(people.specialist, 2, None)  # no Origin: not a browser, the cookie is its own
+    try:
+        joined = await host.join(consent=False)
+        assert [p["who"] for p in joined["peers"]] == [people.host.role]
+        await specialist.join(consent=False)
+        await host.wait_for(lambda m: m["type"] == "peers" and {p["who"] for p in m["peers"]} == {
+            people.host.role, people.specialist.role})
+
+        await refused(by_cookie(people.second_specialist, 3, "http://elsewhere.example"), 4403, "cross-origin")
+        await refused(by_cookie(people.specialist, 3, "http://elsewhere.example"), 4403, "cross-origin")
+        await refused(by_cookie(people.host, 3, consult_server.base, cookie="not-a-token"), 4401, "bad-token")
+        await refused(ConsultPeer(consult_server.ws, consult["id"], None, mark=3, hertz=TONES[3]), 4401, "bad-token")
+        # An outsider's own cookie from our own page is still only theirs: not invited.
+        await refused(by_cookie(people.outsider, 3, consult_server.base), 4403, "not-invited")
+        assert host.close_code is None and specialist.close_code is None
+    finally:
+        for p in (host, specialist):
+            await p.close()

@@ -1,7 +1,7 @@
 // The consult room: the browser's camera and microphone go to the server's media hub over one RTCPeerConnection
 // and everyone else's come back on it; signaling, chat and shared records travel over the room's WebSocket.
 // The server makes every offer; this page answers (see teleconsult/api.py for the messages).
-import { $, api, codeText, el, fhir, fmtDate, fmtDateTime, me, page, t } from './qilu.js';
+import { $, api, codeText, el, fhir, fmtDate, fmtDateTime, me, page, renewSession, t } from './qilu.js';
 
 const consultId = page.consult;
 const message = $('#room-message');
@@ -259,19 +259,19 @@ function stopMedia() {
   tiles.clear();
 }
 
-async function join(event) {
-  event.preventDefault();
+function connect(renewed) {
   const button = $('#join-button');
-  button.disabled = true;
-  say(t('room.joining'));
-  if (!local) await openCamera();
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  ws = new WebSocket(`${scheme}://${location.host}/api/consults/${encodeURIComponent(consultId)}/ws?token=`
-    + `${encodeURIComponent(page.token)}`);
+  // The socket carries the page's session cookie (same origin): no token is ever put in the page.
+  ws = new WebSocket(`${scheme}://${location.host}/api/consults/${encodeURIComponent(consultId)}/ws`);
   ws.addEventListener('open', () => send({ type: 'join', consent: $('#record-consent').checked }));
   ws.addEventListener('message', (e) => onMessage(JSON.parse(e.data)));
-  ws.addEventListener('close', (e) => {
+  ws.addEventListener('close', async (e) => {
     stopMedia();
+    if (e.code === 4401 && !renewed && !myPeer && await renewSession()) {
+      connect(true); // the session's access token had expired: renewed, join again once
+      return;
+    }
     button.disabled = false;
     $('#room').hidden = true;
     if (finished) {
@@ -281,6 +281,15 @@ async function join(event) {
     $('#join-form').hidden = false;
     if (e.code !== 1000) say(t('room.closed', { detail: e.reason || e.code }), 'error');
   });
+}
+
+async function join(event) {
+  event.preventDefault();
+  $('#join-button').disabled = true;
+  say(t('room.joining'));
+  if (!local) await openCamera();
+  myPeer = null;
+  connect(false);
 }
 
 $('#join-form').addEventListener('submit', join);
