@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import re
 
-import httpx
 from playwright.async_api import Browser, Page, expect
 
-from portal_pages import ARTIFACTS, log_in
+from portal_pages import ARTIFACTS, DESKTOP, PHONE, card_qr_png, log_in
 from portal_world import PortalWorld
 from sample_records import PASSWORD
 
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True, "device_scale_factor": 1}
-DESKTOP = {"viewport": {"width": 1280, "height": 900}}
 SUMMARY = "经皮冠状动脉介入治疗顺利，植入支架一枚。出院后继续双抗治疗，县医院随访。"
 OPINION = "建议尽快行冠脉造影，必要时 PCI；血压控制目标 130/80。"
 
@@ -39,15 +36,6 @@ async def snapshot_failure(**pages: Page) -> None:
             await page.screenshot(path=str(ARTIFACTS / f"failure-{name}.png"), full_page=True)
         except Exception:  # noqa: BLE001 - a closed page has nothing to show
             pass
-
-
-async def issue_card(portal: str, world: PortalWorld) -> None:
-    async with httpx.AsyncClient(base_url=portal, timeout=30) as http:
-        token = (await http.post("/api/auth/token", data={"username": world.patient.login,
-                                                           "password": PASSWORD})).json()["access_token"]
-        response = await http.post("/api/cards", headers={"Authorization": f"Bearer {token}"}, json={
-            "patient": world.patient.fhir_user, "national_id": world.national_id, "name": world.patient_name})
-        assert response.status_code in (201, 409), response.text
 
 
 async def test_referral_consult_and_discharge_journey(browser: Browser, portal: str, portal_world: PortalWorld,
@@ -204,7 +192,7 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await specialist_context.close()
 
     # --- the patient, on a phone: the referral, the card's QR, and who looked at the records ---------------------
-    await issue_card(portal, world)
+    await card_qr_png(portal, world)  # the patient has a card to show
     phone = await browser.new_context(**PHONE, locale="zh-CN")
     patient = await phone.new_page()
     try:

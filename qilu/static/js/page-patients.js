@@ -36,13 +36,44 @@ $('#search-form').addEventListener('submit', (event) => {
   return null;
 });
 
+// The bundled decoder, loaded only when a picture must be read without the browser's own reader.
+let bundledDecoder = null;
+function loadDecoder() {
+  if (!bundledDecoder) {
+    bundledDecoder = new Promise((resolve, reject) => {
+      const script = el('script', { src: '/static/vendor/jsqr/jsQR.js' });
+      script.addEventListener('load', () => resolve(window.jsQR));
+      script.addEventListener('error', () => { bundledDecoder = null; reject(new Error(t('patients.card_no_reader'))); });
+      document.head.append(script);
+    });
+  }
+  return bundledDecoder;
+}
+
+const MAX_SIDE = 1600; // a phone photo is scaled down first: the code is still readable, the decoding quick
+
 async function readQr(file) {
-  // The browser's own barcode reader where it has one; otherwise the doctor pastes the code's text.
-  if (!('BarcodeDetector' in window)) throw new Error(t('patients.card_no_reader'));
-  const detector = new window.BarcodeDetector({ formats: ['qr_code'] });
-  const codes = await detector.detect(await createImageBitmap(file));
-  if (!codes.length) throw new Error(t('patients.card_unreadable'));
-  return codes[0].rawValue;
+  let image;
+  try {
+    image = await createImageBitmap(file);
+  } catch {
+    throw new Error(t('patients.card_unreadable'));
+  }
+  // The browser's own barcode reader where it has one (not Chromium on Linux); otherwise the bundled jsQR.
+  if ('BarcodeDetector' in window) {
+    const codes = await new window.BarcodeDetector({ formats: ['qr_code'] }).detect(image);
+    if (!codes.length) throw new Error(t('patients.card_unreadable'));
+    return { text: codes[0].rawValue, by: 'BarcodeDetector' };
+  }
+  const decode = await loadDecoder();
+  const scale = Math.min(1, MAX_SIDE / Math.max(image.width, image.height));
+  const canvas = el('canvas', { width: Math.round(image.width * scale), height: Math.round(image.height * scale) });
+  const context = canvas.getContext('2d', { willReadFrequently: true });
+  context.drawImage(image, 0, 0, canvas.width, canvas.height);
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const code = decode(pixels.data, pixels.width, pixels.height);
+  if (!code || !code.data) throw new Error(t('patients.card_unreadable'));
+  return { text: code.data, by: 'jsQR' };
 }
 
 const cardResult = $('#card-result');
@@ -50,11 +81,14 @@ $('#card-image').addEventListener('change', async (event) => {
   const file = event.target.files[0];
   if (!file) return;
   try {
-    $('#card-code').value = await readQr(file);
+    const code = await readQr(file);
+    $('#card-code').value = code.text;
+    $('#card-code').dataset.readBy = code.by;
     cardResult.hidden = true;
   } catch (error) {
     cardResult.hidden = false;
     cardResult.className = 'alert error';
+    cardResult.setAttribute('role', 'alert');
     cardResult.textContent = error.message;
   }
 });
