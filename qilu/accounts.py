@@ -1,16 +1,23 @@
-"""Creating a user of any role together with the FHIR resource they stand for (for `qilu user add` and the demo)."""
+"""Accounts: creating a user of any role with the FHIR resource they stand for (`qilu user add`, the demo), and the
+administrators' rules over practitioner and administrator accounts (the users API)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, parse_national_id
-from qilu.identity import Role, User, UserDirectory
+from qilu.auth import Caller
+from qilu.identity import Role, User, UserDirectory, UserExists
+from qilu.problems import Problem
+
+log = structlog.get_logger("qilu.accounts")
 
 
 class AccountError(ValueError):
@@ -92,3 +99,126 @@ async def add_user(db: AsyncIOMotorDatabase, base_url: str, *, role: Role, login
         return await users.add(login=login, password=password, role=role, display_name=name, fhir_user=fhir_user,
                                organization=organization, practitioner=practitioner)
     return await users.add(login=login, password=password, role=role, display_name=name)
+
+
+# --- the administrators' users API ----------------------------------------------------------------------------
+
+# Patients are not managed here: their login is their ID number, and administrators see no clinical data.
+MANAGED_ROLES: tuple[Role, ...] = ("practitioner", "admin")
+MIN_PASSWORD_LENGTH = 10
+
+
+def password_weakness(password: str, login: str) -> str | None:
+    """Why a password an administrator sets is too weak, in words; None when it will do."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        return f"a password has at least {MIN_PASSWORD_LENGTH} characters"
+    kinds = (any(c.isalpha() for c in password), any(c.isdigit() for c in password),
+             any(not c.isalnum() for c in password))
+    if sum(kinds) < 2:
+        return "a password mixes letters with digits or signs"
+    if login.strip().lower() in password.lower():
+        return "a password must not contain the login"
+    return None
+
+
+def _instant(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def account_view(doc: dict[str, Any]) -> dict[str, Any]:
+    """An account as the administrators' page shows it (never its password hash)."""
+    locked_until = doc.get("locked_until")
+    if locked_until is not None and locked_until.replace(tzinfo=locked_until.tzinfo or UTC) <= datetime.now(UTC):
+        locked_until = None  # the lock-out is over
+    return {"id": doc["_id"], "login": doc["login"], "role": doc["role"], "name": doc.get("display_name", ""),
+            "organization": doc.get("organization"), "fhirUser": doc.get("fhir_user"),
+            "practitioner": doc.get("practitioner"), "active": doc.get("active", True),
+            "lockedUntil": _instant(locked_until), "failedLogins": doc.get("failed_logins", 0),
+            "created": _instant(doc.get("created"))}
+
+
+def account_reference(doc: dict[str, Any]) -> str:
+    """What the audit trail names for an account: the PractitionerRole it stands for, else the user."""
+    return doc.get("fhir_user") or f"urn:qilu:user:{doc['_id']}"
+
+
+class AccountService:
+    """Who may manage accounts (administrators) and how: list, create, disable, enable, unlock, reset a password."""
+
+    def __init__(self, db: AsyncIOMotorDatabase, base_url: str):
+        self.db = db
+        self.base_url = base_url  # of the FHIR API, for the resources a new account stands for
+        self.users = UserDirectory(db)
+
+    @staticmethod
+    def _require_admin(caller: Caller) -> None:
+        if caller.role != "admin":
+            raise Problem(403, "Administrators only", "Accounts are managed by administrators")
+
+    async def _managed(self, user_id: str) -> dict[str, Any]:
+        doc = await self.users.document(user_id)
+        if doc is None or doc["role"] not in MANAGED_ROLES:
+            raise Problem(404, "User not found", f"User {user_id} is not known")
+        return doc
+
+    async def list(self, caller: Caller, role: str | None, organizations: list[str], limit: int, offset: int
+                   ) -> tuple[list[dict[str, Any]], int]:
+        self._require_admin(caller)
+        return await self.users.find(roles=[role] if role else list(MANAGED_ROLES), organizations=organizations,
+                                     skip=offset, limit=limit)
+
+    async def get(self, caller: Caller, user_id: str) -> dict[str, Any]:
+        self._require_admin(caller)
+        return await self._managed(user_id)
+
+    async def create(self, caller: Caller, *, role: Role, login: str, password: str, name: str,
+                     organization: str | None, specialty: str | None) -> dict[str, Any]:
+        self._require_admin(caller)
+        if role not in MANAGED_ROLES:
+            raise Problem(422, "Unknown role", f"role must be one of {', '.join(MANAGED_ROLES)}")
+        weakness = password_weakness(password, login)
+        if weakness:
+            raise Problem(422, "Weak password", weakness, expression=["password"])
+        if role == "practitioner" and not organization:
+            raise Problem(422, "Hospital required", "A practitioner works at a hospital: give organization",
+                          expression=["organization"])
+        if await self.users.by_login(login):
+            raise Problem(409, "Login taken", "A user with this login exists already", expression=["login"])
+        try:
+            user = await add_user(self.db, self.base_url, role=role, login=login, password=password, name=name,
+                                  organization=organization if role == "practitioner" else None,
+                                  specialty=specialty if role == "practitioner" else None)
+        except UserExists:
+            raise Problem(409, "Login taken", "A user with this login exists already", expression=["login"]) from None
+        except AccountError as exc:
+            raise Problem(422, "Invalid account", str(exc)) from None
+        log.info("account created", user=user.id, role=role)
+        return await self._managed(user.id)
+
+    async def act(self, caller: Caller, user_id: str, action: str) -> dict[str, Any]:
+        """disable (logins and tokens stop working at once), enable, or unlock (clear a lock-out)."""
+        self._require_admin(caller)
+        await self._managed(user_id)
+        if action == "disable" and user_id == caller.user_id:
+            raise Problem(409, "Your own account", "An administrator cannot disable their own account")
+        changes = {"disable": {"active": False}, "enable": {"active": True},
+                   "unlock": {"locked_until": None, "failed_logins": 0}}[action]
+        doc = await self.users.change(user_id, changes)
+        if doc is None:
+            raise Problem(404, "User not found", f"User {user_id} is not known")
+        log.info("account changed", user=user_id, action=action)
+        return doc
+
+    async def reset_password(self, caller: Caller, user_id: str, password: str) -> dict[str, Any]:
+        """A new password chosen by the administrator; it also clears a lock-out."""
+        self._require_admin(caller)
+        doc = await self._managed(user_id)
+        weakness = password_weakness(password, doc["login"])
+        if weakness:
+            raise Problem(422, "Weak password", weakness, expression=["password"])
+        await self.users.set_password(doc["login"], password)
+        log.info("account password reset", user=user_id)
+        return await self._managed(user_id)

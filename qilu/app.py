@@ -14,7 +14,7 @@ from ehr.cards import CardRefused
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
-from qilu import audit, auth, identity, ops, web
+from qilu import audit, auth, identity, ops, users, web
 from qilu.auth import TokenService
 from qilu.identity import UserDirectory
 from qilu.keys import SigningKeys
@@ -111,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(auth.router)
     app.include_router(audit.router)
+    app.include_router(users.router)
     app.include_router(ehr_api.cards_router)
     app.include_router(referral_api.router)
     app.include_router(consult_api.router)

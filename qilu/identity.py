@@ -10,7 +10,7 @@ from typing import Any, Literal
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from motor.motor_asyncio import AsyncIOMotorDatabase
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
 Role = Literal["patient", "practitioner", "admin"]
@@ -54,6 +54,8 @@ class User:
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     await db[USERS].create_index([("login", ASCENDING)], name="login", unique=True)
     await db[USERS].create_index([("fhir_user", ASCENDING)], name="fhir_user")
+    # The administrators' users page lists by role and hospital.
+    await db[USERS].create_index([("role", ASCENDING), ("organization", ASCENDING)], name="role_organization")
 
 
 def _normalise_login(login: str) -> str:
@@ -88,6 +90,27 @@ class UserDirectory:
     async def by_login(self, login: str) -> User | None:
         doc = await self.users.find_one({"login": _normalise_login(login)})
         return User.from_document(doc) if doc else None
+
+    # --- for the administrators' users API: documents as stored, inactive ones too ---------------------------
+
+    async def find(self, *, roles: list[str], organizations: list[str] | None, skip: int, limit: int
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """Users of these roles (and hospitals), newest first, with how many match; no password hashes."""
+        query: dict[str, Any] = {"role": {"$in": roles}}
+        if organizations:
+            query["organization"] = {"$in": organizations}
+        docs = await self.users.find(query, {"password_hash": 0}, sort=[("created", DESCENDING), ("_id", ASCENDING)],
+                                     skip=skip, limit=limit).to_list(length=limit)
+        return docs, await self.users.count_documents(query)
+
+    async def document(self, user_id: str) -> dict[str, Any] | None:
+        return await self.users.find_one({"_id": user_id}, {"password_hash": 0})
+
+    async def change(self, user_id: str, changes: dict[str, Any]) -> dict[str, Any] | None:
+        """Set `changes` (active, lock-out) on one user; the user as now stored, or None."""
+        # FerretDB's findAndModify takes no projection: the hash is left out by reading the user again.
+        result = await self.users.update_one({"_id": user_id}, {"$set": changes})
+        return await self.document(user_id) if result.matched_count else None
 
     async def set_password(self, login: str, password: str) -> bool:
         result = await self.users.update_one({"login": _normalise_login(login)}, {"$set": {

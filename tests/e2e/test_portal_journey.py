@@ -272,6 +272,20 @@ async def test_administrator_pages_keyboard_and_language(browser: Browser, porta
         await page.press("#users-org", "Enter")
         await expect(page.locator("#users-table tbody tr")).to_have_count(1)
         await expect(page.locator("#users-table")).to_contain_text(world.specialist.display_name)
+        # A new doctor's account at that hospital, made on the page, then disabled there.
+        login = f"NEW{world.referral.tag}"
+        await page.fill("#new-login", login)
+        await page.fill("#new-name", "周新医")
+        await page.fill("#new-password", "Qilu-2024-strong")
+        await page.fill("#new-org-name", f"山东省立医院 {world.referral.tag}")
+        await expect(page.locator("#new-org")).to_have_value(world.referral.jinan)
+        await page.click("#new-user-submit")
+        await expect(page.locator("#new-user-result")).to_contain_text("已创建账号：周新医")
+        await expect(page.locator("#users-table tbody tr")).to_have_count(2)
+        new_row = page.locator("#users-table tbody tr", has_text=login)
+        await new_row.locator("button[data-action=disable]").click()
+        await expect(new_row).to_have_attribute("data-active", "false")
+        await expect(page.locator("#users-message")).to_have_text("已停用：周新医")
         await check_page(page, "admin-users")
 
         # English at the switch, kept by cookie from page to page.

@@ -257,9 +257,11 @@ export async function fill(node, load, draw) {
   }
 }
 
+/** A message in words in `node`: announced at once when it is an error, politely otherwise. */
 export function announce(node, text, kind = 'info') {
   node.textContent = text;
   node.className = `alert ${kind}`;
+  node.setAttribute('role', kind === 'error' ? 'alert' : 'status');
   node.hidden = false;
 }
 
