@@ -67,5 +67,7 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+        # A uvicorn started earlier in this process set its own levels; ours decide from now on.
+        logging.getLogger(name).setLevel(logging.NOTSET)
     # Access lines duplicate our own request log line.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
