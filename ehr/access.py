@@ -125,13 +125,21 @@ class Reach:
             raise refused("The audit trail is read by administrators; a patient sees who accessed their records "
                           "at /api/me/access-log")
 
-    async def search_filter(self, resource_type: str) -> dict[str, Any] | None:
-        """An extra condition ANDed into every search of this type; None when nothing is withheld."""
+    async def search_filter(self, resource_type: str, *, history: bool = False) -> dict[str, Any] | None:
+        """An extra condition ANDed into every search of this type (of the history with `history`); None when
+        nothing is withheld."""
         if self.is_system or resource_type in DIRECTORY_TYPES:
             return None
         self._clinical_role_check(resource_type)
         if self.caller.role == "admin":
             return None  # the audit trail, whole
+        if resource_type == "Patient" and self.caller.role == "practitioner" and not history:
+            # A current Patient document says which hospital manages it, so the hospital's patients need not
+            # be listed first (history entries do not carry that, so they take the list below).
+            others = {"_id": {"$in": sorted(self._registered | await self._shared_with_caller())}}
+            if not self.caller.organization:
+                return others
+            return {"$or": [{"sp.organization": self.caller.organization}, others]}
         # A Patient's own compartment is itself, so one condition serves every type and the history too.
         members = [f"Patient/{pid}" for pid in sorted(await self.readable_patients())]
         if self.caller.role == "practitioner":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -154,8 +155,9 @@ class RecordService:
         if self.reach is not None:
             await self.reach.check_read(resource_type, document)
 
-    async def _reach_filter(self, resource_type: str, query: dict[str, Any]) -> dict[str, Any]:
-        extra = await self.reach.search_filter(resource_type) if self.reach is not None else None
+    async def _reach_filter(self, resource_type: str, query: dict[str, Any], *,
+                            history: bool = False) -> dict[str, Any]:
+        extra = await self.reach.search_filter(resource_type, history=history) if self.reach is not None else None
         return query if extra is None else {"$and": [query, extra]}
 
     # --- the single write path ------------------------------------------------------------------
@@ -174,7 +176,8 @@ class RecordService:
                 "sp": sp, "so": so, "compartment": compartment}
 
     async def _commit(self, resource_type: str, resource_id: str, previous: dict[str, Any] | None,
-                      resource: dict[str, Any] | None, method: str) -> Written:
+                      resource: dict[str, Any] | None, method: str, *, fresh_id: bool = False) -> Written:
+        """The one write path. `fresh_id`: the id was made up by this request (nobody else can write it)."""
         vid = previous["vid"] + 1 if previous else 1
         updated = now_utc()
         if resource is not None:
@@ -187,14 +190,32 @@ class RecordService:
             await self.reach.check_write(resource_type, resource, previous, document["compartment"])
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
+        keys = sorted(new_keys - old_keys)
         claimed: list[str] = []
         conflict = _issue(409, "conflict", f"{owner} was changed by someone else at the same moment; "
                                            "read it again and retry")
-        version_claimed = False
+        version_claimed = document_written = False
         write_id = uuid.uuid4().hex
+        fresh_id = fresh_id and previous is None
         try:
-            for key in sorted(new_keys - old_keys):
-                holder = await self.store.claim_identifier(key, owner, write_id, updated - ABANDONED_WRITE_AFTER)
+            # The history entry is the write's lock: only one writer can insert version `vid`. The identifier
+            # claims are independent of it, so they go to the engine at the same time; so does the document
+            # itself when its id is this request's own, as there is nobody to lock out.
+            steps = [self.store.claim_version(resource_type, resource_id, vid, updated, method, resource, write_id,
+                                              document["compartment"]),
+                     *(self.store.claim_identifier(key, owner, write_id, updated - ABANDONED_WRITE_AFTER)
+                       for key in keys)]
+            if fresh_id:
+                steps.append(self.store.insert_first_version(resource_type, document))
+            outcome = await asyncio.gather(*steps, return_exceptions=True)
+            version_claimed = outcome[0] is True
+            holders = outcome[1:1 + len(keys)]
+            claimed = [key for key, holder in zip(keys, holders, strict=True) if holder is None]
+            document_written = fresh_id and outcome[-1] is True
+            failures = [result for result in outcome if isinstance(result, BaseException)]
+            if failures:
+                raise failures[0]
+            for key, holder in zip(keys, holders, strict=True):
                 if holder == owner:  # another write of this same resource is taking the identifier right now
                     raise conflict
                 if holder is not None:
@@ -202,20 +223,20 @@ class RecordService:
                     raise _issue(409, "duplicate",
                                  f"Another {resource_type} already holds this identifier (system {system})",
                                  f"{resource_type}.identifier")
-                claimed.append(key)
-            # The history entry goes first: its insert is what only one writer of this version can do.
-            if not await self.store.claim_version(resource_type, resource_id, vid, updated, method, resource,
-                                                  write_id, document["compartment"]):
+            if not version_claimed:
                 await self._finish_abandoned_write(resource_type, resource_id, vid)
                 raise conflict
-            version_claimed = True
-            if previous is None:
+            if fresh_id:
+                ok = document_written
+            elif previous is None:
                 ok = await self.store.insert_first_version(resource_type, document)
             else:
                 ok = await self.store.replace_if_version(resource_type, resource_id, previous["vid"], document)
             if not ok:
                 raise conflict
         except BaseException:
+            if document_written:
+                await self.store.restore(resource_type, None, resource_id)
             if version_claimed:
                 await self.store.remove_history(resource_type, resource_id, vid)
             for key in claimed:
@@ -273,7 +294,8 @@ class RecordService:
                                                "at most one")
             if matches:
                 return None, matches[0]["resource"]
-        return await self._commit(resource_type, resource_id or str(uuid.uuid4()), None, resource, "POST"), None
+        return await self._commit(resource_type, resource_id or str(uuid.uuid4()), None, resource, "POST",
+                                  fresh_id=resource_id is None), None
 
     async def _conditional_matches(self, resource_type: str, criteria: str) -> list[dict[str, Any]]:
         if not isinstance(criteria, str):
@@ -380,7 +402,7 @@ class RecordService:
                 elif name == "_since":
                     query["updated"] = {"$gte": search.parse_instant(value)}
         if resource_type:  # an instance's too: its earlier versions may have been another patient's
-            query = await self._reach_filter(resource_type, query)
+            query = await self._reach_filter(resource_type, query, history=True)
         entries, total = await self.store.history(query, skip=offset, limit=count)
         for entry in entries:
             self.touched_patients.update(entry.get("compartment") or [])
@@ -446,15 +468,24 @@ class RecordService:
         plan = search.parse_search(resource_type, params, handling=handling)
         self._raise_on_errors(plan)
         query = await self._reach_filter(resource_type, plan.filter)
-        total = None if plan.total == "none" else await self.store.count(resource_type, query)
+        owner = await self._unique_identifier_owner(resource_type, params)
+        if owner is not None:
+            # The whole filter still decides; the key only spares the engine reading every other document.
+            query = {"_id": owner, "$and": [query]}
         if plan.summary == "count":
+            total = None if plan.total == "none" else await self.store.count(resource_type, query)
             return self._bundle("searchset", total, [], resource_type, plan.used, 0, 0)
-        # Without a total, one row more than the page shows whether a next page exists.
-        extra = 1 if total is None and plan.count > 0 else 0
+        # One row more than the page shows whether a next page exists.
         matched = await self.store.find(resource_type, query, sort=plan.sort, skip=plan.offset,
-                                        limit=plan.count + extra)
+                                        limit=plan.count + 1 if plan.count > 0 else 0)
         more = len(matched) > plan.count
         matched = matched[:plan.count]
+        if plan.total == "none":
+            total = None
+        elif plan.count > 0 and not more and (matched or plan.offset == 0):
+            total = plan.offset + len(matched)  # this page holds the last match: counting would say the same
+        else:
+            total = await self.store.count(resource_type, query)
         included = await self._included(resource_type, matched, plan)
         for doc in matched:
             self._touch(resource_type, doc)
@@ -469,6 +500,17 @@ class RecordService:
                 .as_outcome_issue() for i in warnings]}
             entries.append({"resource": outcome, "search": {"mode": "outcome"}})
         return self._bundle("searchset", total, entries, resource_type, plan.used, plan.count, plan.offset, more)
+
+    async def _unique_identifier_owner(self, resource_type: str, params: list[tuple[str, str]]) -> str | None:
+        """The id of the one resource that can match `identifier=system|value` of a unique system, looked up
+        in the identifier keys; "" when nobody holds it; None when the search names no such identifier."""
+        systems = UNIQUE_IDENTIFIER_SYSTEMS.get(resource_type, frozenset())
+        for name, value in params:
+            system, bar, code = value.partition("|")
+            if name == "identifier" and bar and system in systems and code and not {",", "\\"} & set(value):
+                holder = await self.store.identifier_owner(identifier_key(resource_type, system, code))
+                return holder.partition("/")[2] if holder else ""
+        return None
 
     async def _included(self, resource_type: str, matched: list[dict[str, Any]],
                         plan: search.SearchPlan) -> list[dict[str, Any]]:
@@ -504,11 +546,13 @@ class RecordService:
 
     # --- the audit trail --------------------------------------------------------------------------
 
-    async def append_audit_event(self, event: dict[str, Any]) -> None:
-        """One insert, durable before the caller's response leaves; AuditEvents are never changed."""
+    async def append_audit_events(self, events: list[dict[str, Any]]) -> list[BaseException | None]:
+        """One insert for all of them; AuditEvents are never changed. Says, per event, what went wrong."""
         recorded = now_utc()
-        event = {**event, "meta": {"versionId": "1", "lastUpdated": fhir_instant(recorded)}}
-        await self.store.insert_audit_event(self._document("AuditEvent", event["id"], 1, recorded, event))
+        documents = [self._document("AuditEvent", event["id"], 1, recorded,
+                                    {**event, "meta": {"versionId": "1", "lastUpdated": fhir_instant(recorded)}})
+                     for event in events]
+        return await self.store.insert_audit_events(documents)
 
     async def access_log(self, patient: str, *, exclude_agent: str | None, count: int, offset: int) -> dict[str, Any]:
         """Who accessed this patient's records, newest first, in words a patient reads."""
@@ -734,7 +778,8 @@ class RecordService:
                         responses[index] = self._write_response(None, existing[index])
                         continue
                     elif method == "POST":
-                        written = await self._commit(resource_type, assigned[index], None, resources[index], "POST")
+                        written = await self._commit(resource_type, assigned[index], None, resources[index], "POST",
+                                                     fresh_id=True)
                     else:
                         written = await self.update(resource_type, resource_id, resources[index],
                                                     if_match=request.get("ifMatch"))

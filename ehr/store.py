@@ -11,7 +11,7 @@ from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from ehr.models import RESOURCE_TYPES
 from ehr.search import SEARCH_PARAMETERS
@@ -90,9 +90,17 @@ class RecordStore:
         cursor = self.db[resource_type].find(query, projection={"_id": 1})
         return {doc["_id"] async for doc in cursor}
 
-    async def insert_audit_event(self, document: dict[str, Any]) -> None:
-        """The one insert an access costs: AuditEvents are append-only, version 1 forever, no history entry."""
-        await self.db["AuditEvent"].insert_one(document)
+    async def insert_audit_events(self, documents: list[dict[str, Any]]) -> list[BaseException | None]:
+        """AuditEvents are append-only, version 1 forever, no history entry. One unordered insert; returns
+        per document None (stored) or the error that kept it out."""
+        try:
+            await self.db["AuditEvent"].insert_many(documents, ordered=False)
+        except BulkWriteError as exc:
+            if exc.details.get("writeConcernErrors"):
+                raise  # nothing is known to be durable
+            failed = {error["index"]: error.get("errmsg", "write error") for error in exc.details.get("writeErrors", [])}
+            return [RuntimeError(failed[i]) if i in failed else None for i in range(len(documents))]
+        return [None] * len(documents)
 
     async def find_by_ids(self, resource_type: str, ids: list[str], *,
                           include_deleted: bool = False) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu import audit, auth, identity, ops, users, web
+from qilu.audit import AuditTrailWriter
 from qilu.auth import TokenService
 from qilu.identity import UserDirectory
 from qilu.keys import SigningKeys
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.tokens = TokenService(settings, app.state.keys, app.state.redis, app.state.users)
         # The audit trail and the access log live in the record; auth and audit reach them through these.
         records = RecordService(RecordStore(app.state.db), settings.base_url + "/fhir")
-        app.state.audit_sink = records.append_audit_event
+        app.state.audit_sink = AuditTrailWriter(records.append_audit_events)
         app.state.access_log_reader = records.access_log
         # Which patients are shared with an organization: the referral domain's check plugs in here.
         app.state.referrals = referral_service(app.state.db, settings)

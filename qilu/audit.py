@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -93,6 +95,44 @@ def audit_event(*, caller: Caller | None, interaction: str, outcome: str, purpos
     if entity_list:
         event["entity"] = entity_list
     return event
+
+
+class AuditTrailWriter:
+    """Writes AuditEvents durably, each caller waiting until its own event is stored (a group commit).
+
+    The events that arrive while one insert is under way go together in the next one: at one request at
+    a time this is one insert per event as before, and 32 requests at once cost a few inserts, not 32.
+    """
+
+    def __init__(self, insert_many: Callable[[list[dict[str, Any]]], Awaitable[list[BaseException | None]]],
+                 max_batch: int = 256):
+        self._insert_many = insert_many
+        self._max_batch = max_batch
+        self._pending: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, event: dict[str, Any]) -> None:
+        stored: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((event, stored))
+        async with self._lock:  # first come, first served: whoever holds it writes what is waiting
+            if not stored.done():
+                batch, self._pending = self._pending[:self._max_batch], self._pending[self._max_batch:]
+                await self._write(batch)
+        await stored  # raises when this event was not stored: no access without its trace
+
+    async def _write(self, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
+        try:
+            errors = await self._insert_many([event for event, _ in batch])
+        except BaseException as exc:
+            for _, stored in batch:
+                if not stored.done():
+                    stored.set_exception(exc if isinstance(exc, Exception) else RuntimeError("audit write cut off"))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, stored), error in zip(batch, errors, strict=True):
+            if not stored.done():
+                stored.set_exception(error) if error is not None else stored.set_result(None)
 
 
 async def record_access(request: Request, caller: Caller | None, interaction: str, *, entities: list[str],

@@ -6,9 +6,10 @@ import datetime as dt
 
 import pytest
 
+from logins import login
 from sample_records import (
-    ICD10, LOINC, OBS_CATEGORY_SYSTEM, assert_outcome, chinese_given, condition, create, encounter, ids, link,
-    observation, organization, patient, search, tag, walk_pages,
+    ICD10, JSON_HEADERS, LOINC, OBS_CATEGORY_SYSTEM, assert_outcome, chinese_given, condition, create, encounter, ids,
+    link, new_national_id, observation, organization, patient, search, tag, walk_pages,
 )
 from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, USCC_SYSTEM
 
@@ -127,6 +128,52 @@ async def test_patient_identifier_token_forms(doctor_client, world):
     assert (await search(doctor_client, "Patient", {"identifier": f"urn:other|{number}"}))["total"] == 0
     assert made["id"] in ids(await search(doctor_client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|",
                                                                      "_id": made["id"]}))
+
+
+async def test_a_national_id_search_follows_the_number_through_changes_and_keeps_the_access_rules(
+        doctor_client, world, app):
+    """Such a search is answered through the identifier keys; what it returns must still be exactly what the
+    filter and the access rules say, as the number moves from one patient to another."""
+    first = await create(doctor_client, patient(organization=world.home))
+    number = first["identifier"][0]["value"]
+    by_number = {"identifier": f"{NATIONAL_ID_SYSTEM}|{number}"}
+    assert ids(await search(doctor_client, "Patient", by_number)) == [first["id"]]
+    assert ids(await search(doctor_client, "Patient", {**by_number, "gender": "other"})) == []
+
+    # The number leaves the first patient (a typo corrected) and is given to a new one.
+    changed = {**first, "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": new_national_id()}]}
+    changed.pop("birthDate", None), changed.pop("gender", None)
+    assert (await doctor_client.put(f"/fhir/Patient/{first['id']}", json=changed,
+                                    headers=JSON_HEADERS)).status_code == 200
+    empty = await search(doctor_client, "Patient", by_number)
+    assert empty["total"] == 0 and ids(empty) == []
+    second = await create(doctor_client, patient(
+        organization=world.home, birth_date=dt.date.fromisoformat(first["birthDate"]), gender=first["gender"],
+        identifier=[{"system": NATIONAL_ID_SYSTEM, "value": number}]))
+    assert ids(await search(doctor_client, "Patient", by_number)) == [second["id"]]
+
+    # A doctor of another hospital finds nothing by that number, as by any other parameter.
+    stranger = await login(app, world.doctor_elsewhere)
+    try:
+        assert (await search(stranger, "Patient", by_number))["total"] == 0
+    finally:
+        await stranger.aclose()
+    nobody = await search(doctor_client, "Patient", {"identifier": f"{NATIONAL_ID_SYSTEM}|{new_national_id()}"})
+    assert nobody["total"] == 0
+
+
+async def test_total_is_exact_on_every_page_and_past_the_last_one(doctor_client, world):
+    """The total of a page that holds the last match is taken from the page itself; past the end it is counted."""
+    family = tag()
+    for _ in range(5):
+        await create(doctor_client, patient(organization=world.home, family=family, with_id_number=False))
+    pages = await walk_pages(doctor_client, await search(doctor_client, "Patient", {"family": family, "_count": "2"}))
+    assert [p["total"] for p in pages] == [5, 5, 5] and [len(ids(p)) for p in pages] == [2, 2, 1]
+    past = link(pages[0], "next").replace("_offset=2", "_offset=40")
+    beyond = (await doctor_client.get(past)).json()
+    assert beyond["total"] == 5 and ids(beyond) == []
+    whole = await search(doctor_client, "Patient", {"family": family, "_count": "5"})
+    assert whole["total"] == 5 and link(whole, "next") is None
 
 
 async def test_patient_name_family_given_string_modifiers(doctor_client, world):

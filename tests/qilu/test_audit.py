@@ -3,6 +3,7 @@ append-only AuditEvents, and no access without its trace."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu.accounts import add_user
+from qilu.audit import AuditTrailWriter, audit_event
 from sample_records import JSON_HEADERS, PASSWORD, chinese_given, new_national_id, observation, organization, tag
 
 PURPOSE_DISPLAY = {"TREAT": "治疗 Treatment", "ETREAT": "急诊治疗 Emergency treatment",
@@ -261,3 +263,28 @@ async def test_a_failed_audit_write_fails_the_request(app, world, day):
         before = await db["AuditEvent"].count_documents({})
         assert (await http.get(f"/fhir/Patient/{day.patient_id}")).status_code == 200
         assert await db["AuditEvent"].count_documents({}) == before + 1
+
+
+async def test_events_arriving_during_a_write_are_stored_together_and_each_caller_learns_its_own_fate(app):
+    """The group commit: 30 events at once cost far fewer inserts than 30, every one is stored, and an event
+    the engine refuses (an id already on the trail) fails its own caller only."""
+    records = RecordService(RecordStore(app.state.db), "http://testserver/fhir")
+    inserts: list[int] = []
+
+    async def counted(events):
+        inserts.append(len(events))
+        return await records.append_audit_events(events)
+
+    writer = AuditTrailWriter(counted)
+    stamp = uuid.uuid4().hex[:8]
+    events = [audit_event(caller=None, interaction="read", outcome="0", purpose="TREAT", source_address=None,
+                          entities=[f"Patient/{stamp}-{i}"], patients=[]) for i in range(30)]
+    await writer(events[0])  # already on the trail when the batch below repeats its id
+    repeated = {**events[1], "id": events[0]["id"]}
+    results = await asyncio.gather(*(writer(event) for event in [*events[2:], repeated]), return_exceptions=True)
+
+    assert isinstance(results[-1], Exception)
+    assert all(result is None for result in results[:-1])
+    assert sum(inserts) == 30 and len(inserts) < 10
+    stored = await app.state.db["AuditEvent"].count_documents({"_id": {"$in": [e["id"] for e in events]}})
+    assert stored == 29  # events[1] itself was never offered; its repeat was refused
