@@ -69,6 +69,10 @@ def unauthenticated(detail: str, error: str = "invalid_token") -> Problem:
                    headers={"WWW-Authenticate": challenge if error else 'Bearer realm="qilu"'})
 
 
+SIGNATURE_TRUSTED_S = 60.0
+SIGNATURES_KEPT = 10_000
+
+
 class TokenService:
     def __init__(self, settings: Settings, keys: SigningKeys, redis, users: UserDirectory):
         self.settings = settings
@@ -78,6 +82,11 @@ class TokenService:
         self._own_keys = keys.token_key_set()
         self._external_keys: KeySet | None = None
         self._external_fetched = 0.0
+        # Token -> (when verified, its claims): a client sends the same token with every request, and checking
+        # an ES256 signature costs more than the rest of a read's own work. The claims are still validated
+        # (expiry included) on every use; an entry is trusted for a minute at most, so a key taken out of the
+        # set stops counting within that minute.
+        self._signatures_checked: dict[str, tuple[float, dict[str, Any]]] = {}
 
     # --- issuing ----------------------------------------------------------------------------
 
@@ -127,26 +136,37 @@ class TokenService:
             raise unauthenticated("Only ES256-signed tokens are accepted")
         if self.settings.oidc_issuer and header.get("kid") not in {k.kid for k in self._own_keys.keys}:
             return await self._external_caller(token)
-        claims = self._verified_claims(token, self._own_keys, self.settings.token_issuer, self.settings.token_audience)
+        claims = self._verified_claims(token, self._own_keys, self.settings.token_issuer, self.settings.token_audience,
+                                       self._signatures_checked)
         user = await self.users.get(claims["sub"])  # a deactivated user loses access at once
         if user is None or user.role != claims.get("role"):
             raise unauthenticated("The token's user is no longer active")
         return Caller.of(user)
 
     @staticmethod
-    def _verified_claims(token: str, keys: KeySet, issuer: str, audience: str) -> dict[str, Any]:
-        try:
-            decoded = jwt.decode(token, keys, algorithms=["ES256"])
-        except (JoseError, ValueError):
-            raise unauthenticated("The token's signature does not verify") from None
+    def _verified_claims(token: str, keys: KeySet, issuer: str, audience: str,
+                         checked: dict[str, tuple[float, dict[str, Any]]] | None = None) -> dict[str, Any]:
+        now = time.monotonic()
+        earlier = checked.get(token) if checked is not None else None
+        if earlier is not None and now - earlier[0] < SIGNATURE_TRUSTED_S:
+            claims = earlier[1]
+        else:
+            try:
+                claims = jwt.decode(token, keys, algorithms=["ES256"]).claims
+            except (JoseError, ValueError):
+                raise unauthenticated("The token's signature does not verify") from None
+            if checked is not None:
+                if len(checked) >= SIGNATURES_KEPT:
+                    checked.clear()  # a burst of distinct tokens: start over rather than track ages
+                checked[token] = (now, claims)
         registry = jwt.JWTClaimsRegistry(
             leeway=30, iss={"essential": True, "value": issuer}, aud={"essential": True, "value": audience},
             exp={"essential": True}, sub={"essential": True})
         try:
-            registry.validate(decoded.claims)
+            registry.validate(claims)
         except JoseError as exc:
             raise unauthenticated(f"The token is not valid here: {exc.description or exc.error}") from None
-        return decoded.claims
+        return claims
 
     async def _external_caller(self, token: str) -> Caller:
         keys = await self._external_key_set()

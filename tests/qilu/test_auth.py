@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -121,6 +122,18 @@ async def test_bad_tokens_are_401_with_www_authenticate(client, app, people):
         assert response.headers["www-authenticate"].startswith("Bearer"), why
     missing = await client.get("/api/me")
     assert missing.status_code == 401 and "Bearer" in missing.headers["www-authenticate"]
+
+
+async def test_a_token_already_seen_is_still_refused_once_it_expires(client, app, people):
+    """Signatures are checked once per token, the expiry on every request: a token accepted a moment ago
+    is refused as soon as its time (plus the 30 s leeway) is up."""
+    own_key = app.state.keys.token_key
+    header = {"alg": "ES256", "kid": own_key.kid}
+    token = jwt.encode(header, _claims(app, people, exp=int(time.time()) - 29), own_key)
+    assert (await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})).status_code == 200
+    await asyncio.sleep(2.1)
+    late = await client.get("/api/me", headers={"Authorization": f"Bearer {token}"})
+    assert late.status_code == 401 and "expired" in late.headers["www-authenticate"]
 
 
 async def test_the_cookie_carries_the_same_token(client, people):
