@@ -125,14 +125,19 @@ class Reach:
             raise refused("The audit trail is read by administrators; a patient sees who accessed their records "
                           "at /api/me/access-log")
 
-    async def search_filter(self, resource_type: str, *, history: bool = False) -> dict[str, Any] | None:
+    async def search_filter(self, resource_type: str, *, history: bool = False,
+                            about_patient: str | None = None) -> dict[str, Any] | None:
         """An extra condition ANDed into every search of this type (of the history with `history`); None when
-        nothing is withheld."""
+        nothing is withheld. `about_patient`: the search asks only for that patient's resources."""
         if self.is_system or resource_type in DIRECTORY_TYPES:
             return None
         self._clinical_role_check(resource_type)
         if self.caller.role == "admin":
             return None  # the audit trail, whole
+        if about_patient and resource_type != "Patient" and await self.readable_among({about_patient}):
+            # The caller may read that patient: their compartment is the condition, and the hospital's whole
+            # list of patients need not be made.
+            return {"compartment": f"Patient/{about_patient}"}
         if resource_type == "Patient" and self.caller.role == "practitioner" and not history:
             # A current Patient document says which hospital manages it, so the hospital's patients need not
             # be listed first (history entries do not carry that, so they take the list below).

@@ -60,6 +60,17 @@ def unique_identifier_keys(resource: dict[str, Any] | None) -> set[str]:
     return keys
 
 
+def _one_patient_asked(params: list[tuple[str, str]]) -> str | None:
+    """The patient id a search names with `patient=` or `subject=Patient/..` (one value), if it does."""
+    for name, value in params:
+        if name in ("patient", "subject") and value and not {",", "\\", "|"} & set(value):
+            reference = value if "/" in value or name == "subject" else f"Patient/{value}"
+            kind, _, patient_id = reference.rpartition("/")
+            if kind.rsplit("/", 1)[-1] == "Patient" and patient_id:
+                return patient_id
+    return None
+
+
 def parse_etag(value: str | None) -> int | None:
     """`W/"3"` (or `"3"`, or `3`) -> 3."""
     if value is None:
@@ -155,9 +166,10 @@ class RecordService:
         if self.reach is not None:
             await self.reach.check_read(resource_type, document)
 
-    async def _reach_filter(self, resource_type: str, query: dict[str, Any], *,
-                            history: bool = False) -> dict[str, Any]:
-        extra = await self.reach.search_filter(resource_type, history=history) if self.reach is not None else None
+    async def _reach_filter(self, resource_type: str, query: dict[str, Any], *, history: bool = False,
+                            about_patient: str | None = None) -> dict[str, Any]:
+        extra = (await self.reach.search_filter(resource_type, history=history, about_patient=about_patient)
+                 if self.reach is not None else None)
         return query if extra is None else {"$and": [query, extra]}
 
     # --- the single write path ------------------------------------------------------------------
@@ -467,7 +479,7 @@ class RecordService:
         _require_type(resource_type)
         plan = search.parse_search(resource_type, params, handling=handling)
         self._raise_on_errors(plan)
-        query = await self._reach_filter(resource_type, plan.filter)
+        query = await self._reach_filter(resource_type, plan.filter, about_patient=_one_patient_asked(params))
         owner = await self._unique_identifier_owner(resource_type, params)
         if owner is not None:
             # The whole filter still decides; the key only spares the engine reading every other document.
