@@ -101,3 +101,30 @@ async def log_in(http: httpx.AsyncClient, login: str) -> dict[str, str]:
     if response.status_code != 200:
         raise SystemExit(f"login of {login} refused: {response.status_code} {response.text[:200]}")
     return {"authorization": "Bearer " + response.json()["access_token"]}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (Linux /proc); NaN when it cannot be read.
+
+    CPU time per operation is the bench's steadier figure on a shared machine: waiting for a core that
+    another program holds lengthens latencies but adds no CPU time to our processes."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def engine_pid(settings: Settings) -> int | None:
+    """The FerretDB process serving the bench's port, found by its command line; None for another server."""
+    wanted = f"--listen-addr=127.0.0.1:{settings.ferretdb_port}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if wanted in (entry / "cmdline").read_bytes().split(b"\0"):
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None

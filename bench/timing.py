@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -19,6 +19,7 @@ class Run:
     errors: int
     first_error: str | None
     unfinished: int = 0  # cancelled in flight when the phase's time was up
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # process -> CPU ms per completed operation
 
     def p(self, q: float) -> float:
         """The q-quantile latency in ms (NaN when nothing finished)."""
