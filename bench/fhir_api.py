@@ -180,17 +180,20 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, organiz
                 await db["Patient"].insert_one(direct_docs[i])
 
             async def as_store(i: int) -> None:
-                # What the record's create writes: the identifier key, the history entry, the current version.
-                document = store_docs[i]
-                resource = document["resource"]
-                key = f"Patient|{NATIONAL_ID_SYSTEM}|{resource['identifier'][0]['value']}"
-                await asyncio.gather(
-                    db["identifier_keys"].insert_one({"_id": key, "owner": f"Patient/{document['_id']}"}),
-                    db["resource_history"].insert_one({
-                        "_id": f"Patient/{document['_id']}/1", "type": "Patient", "id": document["_id"], "vid": 1,
-                        "updated": document["updated"], "method": "POST", "resource": resource, "write": "bench"}),
-                    db["Patient"].insert_one(document))
+                await write_as_the_store_does(store_docs[i])
             return api, direct, as_store
+
+        async def write_as_the_store_does(document: dict) -> None:
+            """What the record's create writes, sent together as it sends them: the identifier key, the
+            history entry, the current version."""
+            resource = document["resource"]
+            key = f"Patient|{NATIONAL_ID_SYSTEM}|{resource['identifier'][0]['value']}"
+            await asyncio.gather(
+                db["identifier_keys"].insert_one({"_id": key, "owner": f"Patient/{document['_id']}"}),
+                db["resource_history"].insert_one({
+                    "_id": f"Patient/{document['_id']}/1", "type": "Patient", "id": document["_id"], "vid": 1,
+                    "updated": document["updated"], "method": "POST", "resource": resource, "write": "bench"}),
+                db["Patient"].insert_one(document))
 
         async def api_read(i: int) -> None:
             expect(await http.get(f"/fhir/Patient/{sample[i][0]}"), 200)
@@ -232,17 +235,8 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, organiz
                 await db["AuditEvent"].insert_one(audit_docs[i])
 
             async def create(i: int) -> None:
-                document = create_docs[i]
-                resource = document["resource"]
                 await user()
-                key = f"Patient|{NATIONAL_ID_SYSTEM}|{resource['identifier'][0]['value']}"
-                # The key, the history entry and the document go together, as the record's create sends them.
-                await asyncio.gather(
-                    db["identifier_keys"].insert_one({"_id": key, "owner": f"Patient/{document['_id']}"}),
-                    db["resource_history"].insert_one({
-                        "_id": f"Patient/{document['_id']}/1", "type": "Patient", "id": document["_id"], "vid": 1,
-                        "updated": document["updated"], "method": "POST", "resource": resource, "write": "bench"}),
-                    db["Patient"].insert_one(document))
+                await write_as_the_store_does(create_docs[i])
                 await db["AuditEvent"].insert_one({**audit_docs[i], "_id": uuid.uuid4().hex})
             return read, create
 
