@@ -156,16 +156,14 @@ def _built_binary_name(settings: Settings) -> str:
 
 
 def ferretdb_binary(settings: Settings) -> Path | None:
-    """Our own build first (its `_id` lookups use the index), else a `ferretdb` on PATH."""
-    candidates = []
+    """Our own build when there is a Go toolchain (None until it is built: its `_id` lookups use the index);
+    without Go, a `ferretdb` on PATH."""
     bin_dir = _go_bin_dir()
-    if bin_dir:
-        candidates.append(str(bin_dir / _built_binary_name(settings)))
-    candidates.append(shutil.which("ferretdb"))
-    for candidate in candidates:
-        if candidate and Path(candidate).exists() and _runs(Path(candidate)):
-            return Path(candidate)
-    return None
+    if bin_dir is not None:
+        built = bin_dir / _built_binary_name(settings)
+        return built if built.exists() and _runs(built) else None
+    on_path = shutil.which("ferretdb")
+    return Path(on_path) if on_path and _runs(Path(on_path)) else None
 
 
 def install_ferretdb(settings: Settings) -> Path:
