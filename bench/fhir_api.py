@@ -129,7 +129,7 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, organiz
                 practitioner: User, server_pid: int | None) -> list[Run]:
     n = args.n
     # Enough distinct ID numbers for every patient any path creates.
-    numbers = iter(national_ids(3 * n * len(CONCURRENCY) + args.patients + 200, seed=args.seed))
+    numbers = iter(national_ids(4 * n * len(CONCURRENCY) + args.patients + 200, seed=args.seed))
     rng = random.Random(args.seed)
     runs: list[Run] = []
     mongo = AsyncIOMotorClient(settings.effective_mongodb_url, tz_aware=True, uuidRepresentation="standard",
