@@ -216,16 +216,19 @@ class ConsultService:
         await self.store.insert(doc)
         log.info("consult created", consult=consult_id, referral=referral_id, invited=len(invited))
         if referral_id:
-            await self._tell_referral(caller, doc)
+            await self._tell_referral(doc, "consult-start", "consult-started", by=caller.fhir_user,
+                                      org=caller.organization, why=doc.get("reason"))
         return doc
 
-    async def _tell_referral(self, caller: Caller, doc: dict[str, Any]) -> None:
-        """Put the consult in its referral's history, and on both hospitals' live feed: the invited learn of it on
-        the referral page they have open."""
+    async def _tell_referral(self, doc: dict[str, Any], action: str, event: str, *, by: str | None, org: str | None,
+                             why: str | None = None) -> None:
+        """Put a step of the consult (started, live, ended) in its referral's history, and on both hospitals' live
+        feed: whoever has the referral page open sees it without reloading."""
+        if not doc.get("referral"):
+            return
         try:
             await self.referrals.note_in_history(doc["referral"], {
-                "by": caller.fhir_user, "org": caller.organization, "action": "consult-start",
-                "why": doc.get("reason"), "consult": doc["_id"]}, event="consult-started")
+                "by": by, "org": org, "action": action, "why": why, "consult": doc["_id"]}, event=event)
         except ReferralRefused as refused:
             # The consult stands (its page and the consult list show it); only the live notice is lost.
             log.warning("consult not noted on its referral", consult=doc["_id"], referral=doc["referral"],
@@ -278,6 +281,8 @@ class ConsultService:
                                               when_status=("scheduled",)) or await self.joinable(caller, consult_id)
                 await self._set_encounter_status(doc, "live", now)
                 log.info("consult live", consult=consult_id)
+                await self._tell_referral(doc, "consult-live", "consult-live", by=caller.fhir_user,
+                                          org=caller.organization)
             room = self._present.setdefault(consult_id, {})
             for earlier in [p for p in room.values() if p.caller.user_id == caller.user_id]:
                 # The same person again (a reload, a second device): the new connection replaces the old one.
@@ -389,6 +394,7 @@ class ConsultService:
         if ended is None:
             raise ConsultRefused(409, "Consult ended", "This consult has ended already")
         await self._set_encounter_status(ended, "ended", now)
+        await self._tell_referral(ended, "consult-end", "consult-ended", by=by, org=None, why=reason)
         timer = self._timers.pop(consult_id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()

@@ -127,6 +127,10 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         assert await doctor.evaluate("window.__sameReferralPage === true")
         await expect(join).to_have_text("加入会诊")
         await expect(doctor.locator("#history-list li[data-action='consult-start']")).to_have_count(1)
+        # The specialist is in the room: the doctor's page hears that too, and says the consult is under way.
+        await expect(doctor.locator("#history-list li[data-action='consult-live']")).to_have_count(1)
+        await expect(doctor.locator(f"#consult-list li[data-consult='{consult_id}']")).to_have_attribute(
+            "data-status", "live")
         await check_page(doctor, "doctor-referral-consult-invitation")
         await join.click()
         await doctor.click("#join-button")

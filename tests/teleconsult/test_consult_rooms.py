@@ -183,7 +183,12 @@ async def test_the_specialist_holds_a_consult_inviting_the_referring_doctor(app,
         opinion = {"text": "Coronary angiography within 24 h."}
         _problem(await specialist.post(f"/api/consults/{consult['id']}/opinion", json=opinion), 409)  # not held yet
         _problem(await county.post(f"/api/consults/{consult['id']}/end"), 403)  # only the host ends it
-        assert (await specialist.post(f"/api/consults/{consult['id']}/end")).status_code == 200
+        async with referral_feed(app) as next_event:
+            assert (await specialist.post(f"/api/consults/{consult['id']}/end")).status_code == 200
+            ended = await next_event(referral["id"], "consult-ended")
+        assert set(ended["to"]) == {rw.county, rw.jinan}
+        history = (await county.get(f"/api/referrals/{referral['id']}")).json()["history"]
+        assert history[-1]["action"] == "consult-end" and history[-1]["consult"] == consult["id"]
         _problem(await patient.post(f"/api/consults/{consult['id']}/opinion", json=opinion), 403)
         records = RecordService(RecordStore(app.state.db), "http://testserver/fhir")
         for writer, author in ((specialist, rw.jinan_specialist), (county, rw.county_doctor)):

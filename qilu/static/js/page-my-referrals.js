@@ -66,7 +66,7 @@ async function loadConsults() {
 
 liveReferrals((event) => {
   loadReferrals();
-  if (event.type === 'consult-started') loadConsults();
+  if (event.type.startsWith('consult-')) loadConsults();
 }, $('#live-status'), loadConsults);
 loadReferrals();
 loadConsults();
