@@ -105,7 +105,9 @@ class TokenService:
     async def token_response(self, user: User) -> dict[str, Any]:
         token, ttl = self.access_token(user)
         refresh = secrets.token_urlsafe(32)
-        await self.redis.set(self._refresh_key(refresh), user.id, ex=self.settings.refresh_token_ttl_s)
+        # The user and when the session began, so a password reset after it ends it (see User.sessions_since).
+        await self.redis.set(self._refresh_key(refresh), f"{user.id} {int(time.time())}",
+                             ex=self.settings.refresh_token_ttl_s)
         body = {"access_token": token, "token_type": "Bearer", "expires_in": ttl, "refresh_token": refresh,
                 "scope": _SCOPES[user.role], "role": user.role, "fhirUser": user.fhir_user}
         if user.role == "patient" and user.fhir_user:
@@ -118,9 +120,10 @@ class TokenService:
 
     async def refresh(self, refresh_token: str) -> dict[str, Any]:
         # GETDEL makes a refresh token single-use: a stolen, already-used one is worth nothing.
-        user_id = await self.redis.getdel(self._refresh_key(refresh_token))
-        user = await self.users.get(user_id.decode()) if user_id else None
-        if user is None:
+        stored = await self.redis.getdel(self._refresh_key(refresh_token))
+        user_id, _, began = (stored or b"").decode().partition(" ")
+        user = await self.users.get(user_id) if user_id else None
+        if user is None or int(began or 0) < user.sessions_since:
             raise Problem(400, "Invalid refresh token", "The refresh token is unknown, used or expired; log in again.",
                           extra={"error": "invalid_grant"})
         return await self.token_response(user)
@@ -141,6 +144,8 @@ class TokenService:
         user = await self.users.get(claims["sub"])  # a deactivated user loses access at once
         if user is None or user.role != claims.get("role"):
             raise unauthenticated("The token's user is no longer active")
+        if int(claims.get("iat") or 0) < user.sessions_since:
+            raise unauthenticated("The session ended when the password was changed; log in again")
         return Caller.of(user)
 
     @staticmethod

@@ -44,11 +44,14 @@ class User:
     organization: str | None  # "Organization/.." of a practitioner
     practitioner: str | None  # "Practitioner/.." behind a PractitionerRole
     display_name: str
+    # Seconds since the epoch: sessions (tokens) issued before then no longer count (a password reset).
+    sessions_since: int = 0
 
     @classmethod
     def from_document(cls, doc: dict[str, Any]) -> User:
+        since = doc.get("sessions_since")
         return cls(doc["_id"], doc["login"], doc["role"], doc.get("fhir_user"), doc.get("organization"),
-                   doc.get("practitioner"), doc.get("display_name", ""))
+                   doc.get("practitioner"), doc.get("display_name", ""), int(since.timestamp()) if since else 0)
 
 
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
@@ -113,8 +116,10 @@ class UserDirectory:
         return await self.document(user_id) if result.matched_count else None
 
     async def set_password(self, login: str, password: str) -> bool:
+        """A new password ends every session of the account: whoever knew the old one is logged out."""
         result = await self.users.update_one({"login": _normalise_login(login)}, {"$set": {
-            "password_hash": _hasher.hash(password), "failed_logins": 0, "locked_until": None}})
+            "password_hash": _hasher.hash(password), "failed_logins": 0, "locked_until": None,
+            "sessions_since": datetime.now(UTC)}})
         return result.matched_count == 1
 
     async def authenticate(self, login: str, password: str) -> User:

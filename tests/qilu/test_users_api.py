@@ -3,6 +3,7 @@ accounts, each call audited; everyone else refused, and bad input refused with a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -117,6 +118,28 @@ async def test_disabling_unlocking_and_resetting_a_password_take_effect_at_once(
     assert (await admin_client.post(f"{url}/password", json={"password": renewed})).status_code == 200
     assert (await _token(client, login, STRONG)).status_code == 401
     assert (await _token(client, login, renewed)).status_code == 200
+
+
+async def test_a_password_reset_ends_every_session_of_the_account(client, admin_client, world):
+    """Whoever knew the old password is logged out: the access and refresh tokens issued before the reset stop
+    working at once; a login with the new password works."""
+    doctor = await _new_practitioner(admin_client, world.home)
+    session = (await _token(client, doctor["login"], STRONG)).json()
+    bearer = {"Authorization": f"Bearer {session['access_token']}"}
+    assert (await client.get("/api/me", headers=bearer)).status_code == 200
+    await asyncio.sleep(1.1)  # tokens carry whole seconds: the reset must come in a later second than the login
+    reset = await admin_client.post(f"/api/users/{doctor['id']}/password", json={"password": STRONG + "-new"})
+    assert reset.status_code == 200, reset.text
+
+    ended = await client.get("/api/me", headers=bearer)
+    assert ended.status_code == 401 and "password was changed" in ended.headers["www-authenticate"]
+    refreshed = await client.post("/api/auth/token", data={"grant_type": "refresh_token",
+                                                          "refresh_token": session["refresh_token"]})
+    assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"
+    fresh = await _token(client, doctor["login"], STRONG + "-new")
+    assert fresh.status_code == 200
+    assert (await client.get("/api/me", headers={"Authorization": f"Bearer {fresh.json()['access_token']}"})
+            ).status_code == 200
 
 
 async def test_everyone_but_administrators_and_every_bad_request_is_refused_and_changes_nothing(
