@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import re
 
+import httpx
+
 from playwright.async_api import Browser, Page, expect
 
 from portal_pages import ARTIFACTS, DESKTOP, PHONE, card_qr_png, log_in
@@ -36,6 +38,15 @@ async def snapshot_failure(**pages: Page) -> None:
             await page.screenshot(path=str(ARTIFACTS / f"failure-{name}.png"), full_page=True)
         except Exception:  # noqa: BLE001 - a closed page has nothing to show
             pass
+
+
+async def add_opinion_as(portal: str, login: str, consult_id: str, text: str) -> None:
+    """An opinion written through the API, as another client of the same person would."""
+    async with httpx.AsyncClient(base_url=portal, timeout=30) as http:
+        token = (await http.post("/api/auth/token", data={"username": login, "password": PASSWORD})).json()
+        written = await http.post(f"/api/consults/{consult_id}/opinion", json={"text": text},
+                                  headers={"Authorization": f"Bearer {token['access_token']}"})
+        assert written.status_code == 201, written.text
 
 
 async def test_referral_consult_and_discharge_journey(browser: Browser, portal: str, portal_world: PortalWorld,
@@ -174,6 +185,11 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await specialist.click("#arrive-button")
         await expect(specialist.locator("#referral-status")).to_have_attribute("data-status", "in-progress")
         await specialist.fill("#summary-text", SUMMARY)
+        # Meanwhile the doctor adds an opinion from their side: the specialist's page hears of it live and
+        # keeps what is being typed.
+        await add_opinion_as(portal, world.doctor.login, consult_id, "县医院补充：患者已停用阿司匹林")
+        await expect(specialist.locator("#history-list li[data-action='consult-opinion']")).to_have_count(2)
+        await expect(specialist.locator("#summary-text")).to_have_value(SUMMARY)
         await specialist.click("#complete-button")
         await expect(specialist.locator("#referral-status")).to_have_attribute("data-status", "completed")
 

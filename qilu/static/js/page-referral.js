@@ -347,9 +347,9 @@ async function drawConsults() {
   holder.replaceChildren(...parts);
 }
 
-function drawAll() {
+function drawAll({ actions = true } = {}) {
   drawOverview();
-  drawActions();
+  if (actions) drawActions();
   drawOutcome();
   drawHistory();
   drawPatient();
@@ -362,8 +362,11 @@ async function load() {
     const fresh = await api(`/api/referrals/${encodeURIComponent(id)}`);
     // The event of this page's own action brings nothing new: keep what the user is typing in the forms.
     if (referral && fresh.version === referral.version) return;
+    // A note that moves nothing (a consult started, under way, ended; an opinion) leaves the action forms as
+    // they are, with what the user is typing in them; they are drawn again only when the state moved.
+    const moved = !referral || fresh.status !== referral.status;
     referral = fresh;
-    drawAll();
+    drawAll({ actions: moved });
   } catch (error) {
     failed($('#overview'), error, load);
   }
