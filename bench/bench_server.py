@@ -38,6 +38,34 @@ def fresh_bench_database(db_name: str) -> Settings:
     return settings
 
 
+class BenchRun:
+    """The engines up, a database of the bench's own (dropped on entry and on exit) and a loopback port for the
+    `qilu serve` the bench starts with `serve`; leaving the `with` block stops that server too."""
+
+    def __init__(self, db_name: str):
+        self.db_name = db_name
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> BenchRun:
+        self.settings = fresh_bench_database(self.db_name)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def serve(self, log_name: str, log_level: str = "INFO", workers: int = 1) -> subprocess.Popen:
+        self.proc = start_server(self.settings, self.db_name, self.port, log_name=log_name, log_level=log_level,
+                                 workers=workers)
+        return self.proc
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            if self.proc is not None:
+                stop_server(self.proc)
+        finally:
+            with MongoClient(self.settings.effective_mongodb_url) as client:
+                client.drop_database(self.db_name)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

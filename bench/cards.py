@@ -28,14 +28,12 @@ import httpx
 from joserfc import jws
 from joserfc.jwk import ECKey, KeySet
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo import MongoClient
 from redis import asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_server import (add_organization, add_person, free_port, fresh_bench_database, log_in, start_server,  # noqa: E402
-                          stop_server)
+from bench_server import BenchRun, add_organization, add_person, log_in  # noqa: E402
 from timing import Run, measure  # noqa: E402
 
 from ehr.service import RecordService  # noqa: E402
@@ -286,24 +284,14 @@ def main() -> None:
     args.cards = max(0, min(args.cards, 2000))
     args.warmup = max(1, min(args.warmup, 50))
 
-    settings = fresh_bench_database(BENCH_DB)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    proc = None
-    try:
-        people = asyncio.run(set_up_people(settings, base + "/fhir", args.cards))
-        proc = start_server(settings, BENCH_DB, port, log_name="bench-cards-server.log", log_level=args.log_level,
-                            workers=args.workers)
-        print(f"qilu serve on 127.0.0.1:{port} (db {BENCH_DB}, {args.workers} worker, log {args.log_level}); "
+    with BenchRun(BENCH_DB) as run:
+        people = asyncio.run(set_up_people(run.settings, run.base + "/fhir", args.cards))
+        run.serve("bench-cards-server.log", args.log_level, args.workers)
+        print(f"qilu serve on 127.0.0.1:{run.port} (db {BENCH_DB}, {args.workers} worker, log {args.log_level}); "
               f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; n={args.n}, "
               f"{args.cards + 1} cards", flush=True)
-        runs = asyncio.run(bench(args, settings, base, people))
-    finally:
-        if proc is not None:
-            stop_server(proc)
-        with MongoClient(settings.effective_mongodb_url) as client:
-            client.drop_database(BENCH_DB)
+        runs = asyncio.run(bench(args, run.settings, run.base, people))
     print_table(runs)
     print(f"took {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.1f} "
           "(server, engines and this client share the machine)")

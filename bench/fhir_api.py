@@ -25,13 +25,11 @@ from pathlib import Path
 
 import httpx
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo import MongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_server import (add_organization, add_person, cpu_seconds, engine_pid, free_port,  # noqa: E402
-                          fresh_bench_database, log_in, start_server, stop_server)
+from bench_server import BenchRun, add_organization, add_person, cpu_seconds, engine_pid, log_in  # noqa: E402
 from timing import Run, measure  # noqa: E402
 
 from ehr.search import index_resource, parse_search  # noqa: E402
@@ -397,25 +395,15 @@ def main() -> None:
     args = parser.parse_args()
     args.n = max(10, min(args.n, 20000))
 
-    settings = fresh_bench_database(BENCH_DB)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    proc = None
-    try:
-        organization, practitioner = asyncio.run(set_up_people(settings, base + "/fhir"))
-        proc = start_server(settings, BENCH_DB, port, log_name="bench-fhir-api-server.log", log_level=args.log_level,
-                            workers=args.workers)
-        print(f"qilu serve on 127.0.0.1:{port} (db {BENCH_DB}, {args.workers} worker, log {args.log_level}); "
+    with BenchRun(BENCH_DB) as run:
+        organization, practitioner = asyncio.run(set_up_people(run.settings, run.base + "/fhir"))
+        proc = run.serve("bench-fhir-api-server.log", args.log_level, args.workers)
+        print(f"qilu serve on 127.0.0.1:{run.port} (db {BENCH_DB}, {args.workers} worker, log {args.log_level}); "
               f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}; n={args.n}", flush=True)
         # With one worker uvicorn serves in the process it was started as; with more, its CPU is not counted.
-        runs = asyncio.run(bench(args, settings, base, organization, practitioner,
+        runs = asyncio.run(bench(args, run.settings, run.base, organization, practitioner,
                                  proc.pid if args.workers == 1 else None))
-    finally:
-        if proc is not None:
-            stop_server(proc)
-        with MongoClient(settings.effective_mongodb_url) as client:
-            client.drop_database(BENCH_DB)
     print_table(runs)
     print(f"took {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.1f} "
           "(the engines and this client share the machine: a busy machine inflates both columns)")

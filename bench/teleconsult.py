@@ -38,13 +38,11 @@ from aiortc import (AudioStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeer
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 from motor.motor_asyncio import AsyncIOMotorClient
-from pymongo import MongoClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_server import (add_organization, add_person, free_port, fresh_bench_database, log_in, start_server,  # noqa: E402
-                          stop_server)
+from bench_server import BenchRun, add_organization, add_person, log_in  # noqa: E402
 
 from fhir_profiles.identifiers import make_national_id  # noqa: E402
 from qilu.settings import Settings  # noqa: E402
@@ -309,22 +307,13 @@ def main() -> None:
     args.window = max(2.0, min(args.window, 30.0))
     args.max_consults = max(1, min(args.max_consults, 20))
 
-    settings = fresh_bench_database(BENCH_DB)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    proc = None
-    try:
-        users = asyncio.run(set_up(settings, base + "/fhir"))
-        proc = start_server(settings, BENCH_DB, port, log_name="bench-teleconsult-server.log", log_level="WARNING")
-        print(f"qilu serve on 127.0.0.1:{port} (db {BENCH_DB}); {os.cpu_count()} CPUs; "
+    with BenchRun(BENCH_DB) as run:
+        users = asyncio.run(set_up(run.settings, run.base + "/fhir"))
+        proc = run.serve("bench-teleconsult-server.log", "WARNING")
+        print(f"qilu serve on 127.0.0.1:{run.port} (db {BENCH_DB}); {os.cpu_count()} CPUs; "
               f"load average {os.getloadavg()[0]:.1f}", flush=True)
-        asyncio.run(bench(args, base, users, proc.pid))
-    finally:
-        if proc is not None:
-            stop_server(proc)
-        with MongoClient(settings.effective_mongodb_url) as client:
-            client.drop_database(BENCH_DB)
+        asyncio.run(bench(args, run.base, users, proc.pid))
     print(f"took {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.1f}")
 
 
