@@ -65,7 +65,9 @@ def test_the_engine_finds_a_document_by_id_through_its_index_even_beside_other_c
         pytest.skip("the engine is not FerretDB; MongoDB itself uses its _id index")
     assert found == {"_id": "doc-1", "vid": 1}
     assert plan["filterPushdown"] is True
-    assert any("USING INDEX" in step and "_id_" in step for step in plan["queryPlanner"]["Plan"]), plan
+    assert any("USING INDEX" in step and "_id_" in step for step in plan["queryPlanner"]["Plan"]), (
+        "the running FerretDB scans for _id: it is not the build `qilu services` makes (restart it with "
+        f"`qilu services down && qilu services up`): {plan}")
 
 
 def test_the_build_refuses_a_ferretdb_source_it_does_not_know(tmp_path):
