@@ -109,6 +109,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(CardRefused, ehr_api.card_refused_handler)
     app.add_exception_handler(ReferralRefused, referral_api.referral_refused_handler)
     app.add_exception_handler(ConsultRefused, consult_api.consult_refused_handler)
+    # The FHIR API first: routes are matched in order, and it takes most requests (no other router has /fhir).
+    app.include_router(ehr_api.router)
     app.include_router(ops.router)
     app.include_router(auth.router)
     app.include_router(audit.router)
@@ -116,7 +118,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ehr_api.cards_router)
     app.include_router(referral_api.router)
     app.include_router(consult_api.router)
-    app.include_router(ehr_api.router)
     # The portals: shared layout, static files and each domain's pages (shells over the APIs above).
     web.install(app, ehr_pages.router, referral_pages.router, consult_pages.router)
     return app
