@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -633,32 +634,57 @@ def reference_key(reference: str) -> str | None:
 _FILTER_SEGMENT = re.compile(r"^(?P<name>[A-Za-z]+(?:\[x\])?)(?:\[(?P<key>[A-Za-z]+)=(?P<value>[^\]]*)\])?$")
 
 
-def _walk(node: Any, segments: list[str]) -> Iterator[Any]:
+@dataclass(frozen=True)
+class _Step:
+    """One segment of an element path: `name`, `value[x]` (any typed child) or `name[key=value]`."""
+
+    name: str
+    stem: str | None  # for `value[x]`: "value"
+    key: str | None
+    value: str | None
+
+
+@functools.lru_cache(maxsize=None)
+def _steps(path: str) -> tuple[_Step, ...]:
+    """A path parsed once (every write walks the same few hundred paths)."""
+    steps = []
+    for segment in path.split("."):
+        m = _FILTER_SEGMENT.match(segment)
+        if not m:
+            raise AssertionError(f"bad path segment {segment!r}")
+        name = m["name"]
+        steps.append(_Step(name, name[:-3] if name.endswith("[x]") else None, m["key"], m["value"]))
+    return tuple(steps)
+
+
+def _walk(node: Any, path: str) -> Iterator[Any]:
+    """The values at an element path, lists flattened."""
+    yield from _walk_steps(node, _steps(path))
+
+
+def _walk_steps(node: Any, steps: tuple[_Step, ...]) -> Iterator[Any]:
     if isinstance(node, list):
         for item in node:
-            yield from _walk(item, segments)
+            yield from _walk_steps(item, steps)
         return
-    if not segments:
+    if not steps:
         if node is not None:
             yield node
         return
     if not isinstance(node, dict):
         return
-    m = _FILTER_SEGMENT.match(segments[0])
-    if not m:
-        raise AssertionError(f"bad path segment {segments[0]!r}")
-    name = m["name"]
-    if name.endswith("[x]"):
-        stem = name[:-3]
+    step = steps[0]
+    if step.stem is not None:
+        stem = step.stem
         children = [v for k, v in node.items() if k.startswith(stem) and k[len(stem):][:1].isupper()]
     else:
-        children = [node[name]] if name in node else []
+        children = [node[step.name]] if step.name in node else []
     for child in children:
         items = child if isinstance(child, list) else [child]
-        if m["key"]:
-            items = [i for i in items if isinstance(i, dict) and str(i.get(m["key"])) == m["value"]]
+        if step.key:
+            items = [i for i in items if isinstance(i, dict) and str(i.get(step.key)) == step.value]
         for item in items:
-            yield from _walk(item, segments[1:])
+            yield from _walk_steps(item, steps[1:])
 
 
 def _dedupe(items: list[Any]) -> list[Any]:
@@ -782,11 +808,11 @@ def _index_values(param: SearchParam, values: list[Any], sp: dict, so: dict) -> 
 
 def _index_param(resource: dict, param: SearchParam, sp: dict, so: dict) -> None:
     if not param.first_path_only:
-        _index_values(param, [v for path in param.paths for v in _walk(resource, path.split("."))], sp, so)
+        _index_values(param, [v for path in param.paths for v in _walk(resource, path)], sp, so)
         return
     # Alternatives: the first path with an indexable value wins (onsetString falls through to recordedDate).
     for path in param.paths:
-        if _index_values(param, list(_walk(resource, path.split("."))), sp, so):
+        if _index_values(param, list(_walk(resource, path)), sp, so):
             return
 
 
@@ -808,7 +834,7 @@ def index_resource(resource: dict) -> tuple[dict, dict, list[str]]:
     else:
         compartment = []
         for path in COMPARTMENT_PATHS.get(resource_type, ()):
-            for v in _walk(resource, path.split(".")):
+            for v in _walk(resource, path):
                 key = reference_key(v.get("reference")) if isinstance(v, dict) else None
                 if key and key.startswith("Patient/") and key not in compartment:
                     compartment.append(key)
