@@ -54,10 +54,11 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    # Library loggers (uvicorn, celery, motor) go through the same masking and rendering.
+    # Library loggers (uvicorn, celery, motor) go through the same masking and rendering; our own lines were
+    # masked by the chain above, so each line is masked once.
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, mask_personal_data, renderer],
+        foreign_pre_chain=[*shared, mask_personal_data],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
+import structlog
+
 from qilu.logs import configure_logging, mask_personal_data
 from sample_records import new_national_id
 
@@ -30,3 +32,15 @@ def test_library_log_lines_go_through_the_same_masking(capsys):
         configure_logging("console", "WARNING")
     assert number not in line and "secret123" not in line
     assert json.loads(line)["level"] == "info"
+
+
+def test_our_own_log_lines_are_masked_in_what_is_written(capsys):
+    number = new_national_id()
+    configure_logging("json", "INFO")
+    try:
+        structlog.get_logger("qilu.test").info(f"looked up {number}", name="欧阳娜娜", query={"identifier": number})
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+    finally:
+        configure_logging("console", "WARNING")
+    assert number not in line and "欧阳娜娜" not in line
+    assert json.loads(line)["name"] == "欧阳**"
