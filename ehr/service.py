@@ -208,11 +208,12 @@ class RecordService:
                                            "read it again and retry")
         version_claimed = document_written = False
         write_id = uuid.uuid4().hex
-        fresh_id = fresh_id and previous is None
+        # The document can go with its claims when its id is this request's own (nobody to lock out) and it
+        # claims no unique identifier (else a second Patient with the same ID number could be seen for a moment).
+        fresh_id = fresh_id and previous is None and not keys
         try:
             # The history entry is the write's lock: only one writer can insert version `vid`. The identifier
-            # claims are independent of it, so they go to the engine at the same time; so does the document
-            # itself when its id is this request's own, as there is nobody to lock out.
+            # claims are independent of it, so they go to the engine at the same time.
             steps = [self.store.claim_version(resource_type, resource_id, vid, updated, method, resource, write_id,
                                               document["compartment"]),
                      *(self.store.claim_identifier(key, owner, write_id, updated - ABANDONED_WRITE_AFTER)
