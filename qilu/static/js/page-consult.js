@@ -1,7 +1,7 @@
 // The consult room: the browser's camera and microphone go to the server's media hub over one RTCPeerConnection
 // and everyone else's come back on it; signaling, chat and shared records travel over the room's WebSocket.
 // The server makes every offer; this page answers (see teleconsult/api.py for the messages).
-import { $, api, codeText, el, fhir, fmtDate, fmtDateTime, me, page, renewSession, t } from './qilu.js';
+import { $, announce, api, codeText, el, fhir, fmtDate, fmtDateTime, me, page, renewSession, t } from './qilu.js';
 
 const consultId = page.consult;
 const message = $('#room-message');
@@ -18,10 +18,7 @@ let sending = false;
 let finished = false;
 
 function say(text, kind = 'info') {
-  message.hidden = false;
-  message.className = `alert ${kind}`;
-  message.setAttribute('role', kind === 'error' ? 'alert' : 'status');
-  message.textContent = text;
+  announce(message, text, kind);
 }
 
 function send(body) {

@@ -1,15 +1,12 @@
 // Directory editing for administrators: hospitals (name, active), their departments (HealthcareService) with
 // capabilities, daily referral capacity and whether they take referrals now. Writes go through the FHIR API.
-import { $, codeText, config, el, empty, failed, fhir, loading, scrollBox, t } from './qilu.js';
+import { $, announce, codeText, config, el, empty, failed, fhir, loading, scrollBox, t } from './qilu.js';
 
 const SPECIALTY_SYSTEM = 'https://qilu.example.org/fhir/CodeSystem/specialty';
 const message = $('#directory-message');
 
 function say(text, kind = 'ok') {
-  message.hidden = false;
-  message.className = `alert ${kind}`;
-  message.setAttribute('role', kind === 'error' ? 'alert' : 'status');
-  message.textContent = text;
+  announce(message, text, kind);
 }
 
 function extension(resource, url) {

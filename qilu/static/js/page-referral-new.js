@@ -1,6 +1,6 @@
 // The new-referral wizard: condition and specialty, the ranked hospitals with the reasons of each rank, the
 // patient's consent and the records to share; then the referral is sent once (Idempotency-Key).
-import { $, api, codeOf, codeText, config, el, empty, failed, fhir, fmtDate, humanName, loading, page,
+import { $, announce, api, codeOf, codeText, config, el, empty, failed, fhir, fmtDate, humanName, loading, page,
   t } from './qilu.js';
 
 const ICD10 = 'http://hl7.org/fhir/sid/icd-10';
@@ -13,10 +13,7 @@ let services = [];
 let route = null;
 
 function say(text, kind = 'error') {
-  message.hidden = false;
-  message.className = `alert ${kind}`;
-  message.setAttribute('role', kind === 'error' ? 'alert' : 'status');
-  message.textContent = text;
+  announce(message, text, kind);
 }
 
 function showStep(n) {

@@ -1,7 +1,7 @@
 // One referral, as either side sees it: what was asked and why, the records the patient consented to share,
 // what can be done next (accept, reject with a reason, schedule, arrive, complete with the discharge summary,
 // cancel, refer back), the consults about it, and the outcome. Updated live from the referral events feed.
-import { $, ApiError, api, codeText, countdownText, displayOf, el, empty, failed, fhir, fmtDate, fmtDateTime,
+import { $, announce, ApiError, api, codeText, countdownText, displayOf, el, empty, failed, fhir, fmtDate, fmtDateTime,
   humanName, liveReferrals, loading, me, page, t } from './qilu.js';
 
 const id = page.referral;
@@ -10,10 +10,7 @@ let referral = null;
 let countdown;
 
 function say(text, kind = 'ok') {
-  message.hidden = false;
-  message.className = `alert ${kind}`;
-  message.setAttribute('role', kind === 'error' ? 'alert' : 'status');
-  message.textContent = text;
+  announce(message, text, kind);
 }
 
 const side = () => (me.organization === referral.target ? 'target' : me.organization === referral.origin ? 'origin'
