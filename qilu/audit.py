@@ -131,8 +131,12 @@ class AuditTrailWriter:
                 raise
             return
         for (_, stored), error in zip(batch, errors, strict=True):
-            if not stored.done():
-                stored.set_exception(error) if error is not None else stored.set_result(None)
+            if stored.done():
+                continue
+            if error is None:
+                stored.set_result(None)
+            else:
+                stored.set_exception(error)
 
 
 async def record_access(request: Request, caller: Caller | None, interaction: str, *, entities: list[str],
