@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_server import BenchRun, add_organization, add_person, log_in  # noqa: E402
-from timing import Run, measure  # noqa: E402
+from timing import Run, measure, settle  # noqa: E402
 
 from ehr.service import RecordService  # noqa: E402
 from ehr.store import RecordStore  # noqa: E402
@@ -163,17 +163,6 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, people:
                 samples.append(time.perf_counter() - started)
             return sorted(samples)[2]
 
-        async def settle(quiet: float, limit: float = 20.0) -> None:
-            """Cancelled requests go on inside the server; wait until it answers about as fast as when idle."""
-            until = time.monotonic() + limit
-            while time.monotonic() < until:
-                try:
-                    if await asyncio.wait_for(me_latency(), until - time.monotonic()) < 3 * quiet:
-                        return
-                except (Exception, TimeoutError):
-                    pass
-                await asyncio.sleep(0.2)
-
         quiet: float | None = None
         for concurrency in CONCURRENCY:
             fetched_at = time.monotonic()
@@ -223,7 +212,7 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, people:
                 run = await measure(name, path, concurrency, args.n, seconds, op)
                 runs.append(run)
                 if run.unfinished:
-                    await settle(quiet)
+                    await settle(me_latency, quiet, 20.0, pause=0.2)
                 print(f"  done: {name} at concurrency {concurrency}", file=sys.stderr, flush=True)
     await redis.aclose()
     return runs

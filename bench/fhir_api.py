@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench_server import BenchRun, add_organization, add_person, cpu_seconds, engine_pid, log_in  # noqa: E402
-from timing import Run, measure  # noqa: E402
+from timing import Run, measure, settle  # noqa: E402
 
 from ehr.search import index_resource, parse_search  # noqa: E402
 from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, make_national_id  # noqa: E402
@@ -274,18 +274,6 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, organiz
             await direct_read(0)
             return time.perf_counter() - started
 
-        async def settle(limit: float) -> None:
-            """Cancelled requests go on inside the server and FerretDB; wait until a read is about as fast
-            as before the run again, so the next phase does not pay for the backlog of this one."""
-            until = time.monotonic() + limit
-            while time.monotonic() < until:
-                try:
-                    if await asyncio.wait_for(read_pair(), until - time.monotonic()) < 3 * quiet:
-                        return
-                except (Exception, TimeoutError):
-                    pass
-                await asyncio.sleep(0.1)
-
         engine = engine_pid(settings)
         quiet = statistics.median([await read_pair() for _ in range(9)])
         deadline = time.monotonic() + args.budget_seconds
@@ -307,7 +295,7 @@ async def bench(args: argparse.Namespace, settings: Settings, base: str, organiz
                               for who, pid in processes.items() if pid is not None}
             runs.append(run)
             if run.unfinished:
-                await settle(min(20.0, max(1.0, deadline - time.monotonic())))
+                await settle(read_pair, quiet, min(20.0, max(1.0, deadline - time.monotonic())))
             print(f"  done: {name} {path} at concurrency {concurrency}", file=sys.stderr, flush=True)
     mongo.close()
     return runs

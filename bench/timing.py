@@ -67,3 +67,18 @@ async def measure(operation: str, path: str, concurrency: int, n: int, phase_sec
     await asyncio.gather(*pending, return_exceptions=True)
     wall = min(time.perf_counter() - started, phase_seconds) if pending else time.perf_counter() - started
     return Run(operation, path, concurrency, latencies, wall, errors, first_error, unfinished)
+
+
+async def settle(probe: Callable[[], Awaitable[float]], quiet: float, limit: float, pause: float = 0.1) -> None:
+    """Wait, for at most `limit` seconds, until `probe()` (seconds) is within 3x its `quiet` value again.
+
+    A phase cut off by its time cancels requests the server and the engine still work through; the next
+    phase must not pay for that backlog."""
+    until = time.monotonic() + limit
+    while time.monotonic() < until:
+        try:
+            if await asyncio.wait_for(probe(), until - time.monotonic()) < 3 * quiet:
+                return
+        except (Exception, TimeoutError):
+            pass
+        await asyncio.sleep(pause)
