@@ -96,6 +96,14 @@ async def build_referral_world(db, *, with_users: bool = True) -> ReferralWorld:
     return world
 
 
+async def referral_world_for(app) -> ReferralWorld:
+    """A world of its own for a test module, and the app told of its hospitals: the app holds the directory
+    for half a minute, and these were only just written."""
+    world = await build_referral_world(app.state.db)
+    app.state.referrals.directory.invalidate()
+    return world
+
+
 async def add_hospital(db, name: str, division: str, alliance: str, specialty: str, *, level: int = 3,
                        city: str = "", district: str = "") -> str:
     """One more hospital with a department of `specialty` (PCI capable); returns its Organization reference."""

@@ -12,7 +12,6 @@ from referral_world import (
     BASE,
     ReferralWorld,
     assert_problem,
-    build_referral_world,
     new_case,
     referral_body,
 )
@@ -25,13 +24,6 @@ from referral.directory import DirectoryCache, load_directory
 from referral.models import ActionBody, ReferralBody, task
 from referral.service import ReferralRules, ReferralService, now_utc
 from referral.store import ReferralStore
-
-
-@pytest.fixture(scope="module")
-async def rw(app) -> ReferralWorld:
-    world = await build_referral_world(app.state.db)
-    app.state.referrals.directory.invalidate()
-    return world
 
 
 class Clock:

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 from aiosmtpd.controller import Controller
-from referral_world import ReferralWorld, build_referral_world, new_case, referral_body
+from referral_world import build_referral_world, new_case, referral_body
 
 from logins import login
 from ehr import store as ehr_store
@@ -25,13 +25,6 @@ from qilu.db import connect_mongodb
 from referral import store as referral_store
 from referral import tasks as referral_tasks
 from referral.models import EVENTS_CHANNEL, ActionBody, ReferralBody
-
-
-@pytest.fixture(scope="module")
-async def rw(app) -> ReferralWorld:
-    world = await build_referral_world(app.state.db)
-    app.state.referrals.directory.invalidate()
-    return world
 
 
 def free_port() -> int:

@@ -16,7 +16,6 @@ from referral_world import (
     ReferralWorld,
     add_hospital,
     assert_problem,
-    build_referral_world,
     consent,
     discharge_summary,
     new_case,
@@ -27,14 +26,6 @@ from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from sample_records import FHIR_JSON, JSON_HEADERS, condition
-
-
-@pytest.fixture(scope="module")
-async def rw(app) -> ReferralWorld:
-    world = await build_referral_world(app.state.db)
-    # The app holds the directory for half a minute; this module's hospitals were only just written.
-    app.state.referrals.directory.invalidate()
-    return world
 
 
 async def _client(app, user):

@@ -20,16 +20,14 @@ from referral.models import EVENTS_CHANNEL
 from sample_records import PASSWORD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "referral"))
-from referral_world import ReferralWorld, build_referral_world, new_case, referral_body  # noqa: E402
+from referral_world import ReferralWorld, new_case, referral_body, referral_world_for  # noqa: E402
 
 NOW = datetime.now(UTC).isoformat()
 
 
 @pytest.fixture(scope="module")
 async def rw(app) -> ReferralWorld:
-    world = await build_referral_world(app.state.db)
-    app.state.referrals.directory.invalidate()  # the app caches the directory; these hospitals are new
-    return world
+    return await referral_world_for(app)
 
 
 async def _in_process(app, user) -> httpx.AsyncClient:
