@@ -17,6 +17,9 @@ PRACTITIONER_NUMBER_SYSTEM = "urn:qilu:practitioner-number"
 
 # GB 11643-1999 does not cover anyone born before the oldest living residents.
 EARLIEST_BIRTH_DATE = dt.date(1890, 1, 1)
+# The province's clock: a child born at 01:00 in Jinan is born "today" there while it is still
+# yesterday in UTC, so birth dates are judged against the date in China, not the server's.
+CHINA_STANDARD_TIME = dt.timezone(dt.timedelta(hours=8), "CST")
 
 _NATIONAL_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _NATIONAL_ID_CHECK_CHARS = "10X98765432"  # index = weighted sum mod 11 (ISO 7064 MOD 11-2)
@@ -26,6 +29,14 @@ _USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
 _ORG_CODE_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)  # GB 11714 organisation code, positions 9-17
 
 _DIGITS = re.compile(r"[0-9]+")
+
+
+def china_today(now: dt.datetime | None = None) -> dt.date:
+    """Today's date in China (UTC+8, no daylight saving), for `now` or the present moment."""
+    moment = now if now is not None else dt.datetime.now(dt.UTC)
+    if moment.tzinfo is None:
+        raise ValueError("now must carry a time zone")
+    return moment.astimezone(CHINA_STANDARD_TIME).date()
 
 
 class IdentifierError(ValueError):
@@ -153,7 +164,7 @@ def parse_national_id(value: str, *, today: dt.date | None = None) -> NationalId
             "birth-date",
             f"national ID number {shown}: the birth date is before {EARLIEST_BIRTH_DATE.isoformat()}",
         )
-    if birth_date > (today or dt.date.today()):
+    if birth_date > (today or china_today()):
         raise IdentifierError(
             "future-birth-date", f"national ID number {shown}: the birth date is in the future"
         )
@@ -168,13 +179,15 @@ def parse_national_id(value: str, *, today: dt.date | None = None) -> NationalId
     return NationalId(value=value, region_code=region_code, birth_date=birth_date, sex=sex)
 
 
-def make_national_id(region_code: str, birth_date: dt.date, sequence: int, sex: str) -> str:
+def make_national_id(
+    region_code: str, birth_date: dt.date, sequence: int, sex: str, *, today: dt.date | None = None
+) -> str:
     """Build a valid ID number; sequence 0..499 picks the order code of that sex (2n+1 male, 2n female)."""
     if not is_valid_division_code(region_code):
         raise ValueError("region_code must be a valid six-digit division code")
     if not isinstance(birth_date, dt.date) or isinstance(birth_date, dt.datetime):
         raise ValueError("birth_date must be a datetime.date")
-    if not EARLIEST_BIRTH_DATE <= birth_date <= dt.date.today():
+    if not EARLIEST_BIRTH_DATE <= birth_date <= (today or china_today()):
         raise ValueError(f"birth_date must lie between {EARLIEST_BIRTH_DATE.isoformat()} and today")
     if isinstance(sequence, bool) or not isinstance(sequence, int) or not 0 <= sequence <= 499:
         raise ValueError("sequence must be an integer from 0 to 499")

@@ -23,6 +23,7 @@ from fhir_profiles.extensions import (
     medical_alliance_extension,
 )
 from fhir_profiles.identifiers import (
+    CHINA_STANDARD_TIME,
     NATIONAL_ID_SYSTEM,
     PRACTITIONER_NUMBER_SYSTEM,
     USCC_SYSTEM,
@@ -43,7 +44,6 @@ SEED = 2026
 PATIENT_COUNT = 300
 # A fixed "today" for the records: the data must be the same whichever day the demo is seeded.
 RECORDS_END = dt.date(2026, 10, 20)
-CHINA_TZ = dt.timezone(dt.timedelta(hours=8))
 # Resources in flight at once: enough to fill the insert batches, few enough to keep memory flat.
 WRITE_CONCURRENCY = 1000
 
@@ -228,7 +228,7 @@ def ref(resource: dict[str, Any]) -> dict[str, str]:
 
 def at(day: dt.date, hour: int, minute: int) -> str:
     """A FHIR dateTime in China Standard Time (+08:00), as hospitals record them."""
-    return dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=CHINA_TZ).isoformat()
+    return dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=CHINA_STANDARD_TIME).isoformat()
 
 
 def shift_minutes(text: str, minutes: int) -> str:

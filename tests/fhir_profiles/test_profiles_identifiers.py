@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhir_profiles.identifiers import (
+    china_today,
     IdentifierError,
     make_national_id,
     make_uscc,
@@ -105,7 +106,7 @@ def test_make_national_id_builds_the_number_worked_out_by_hand(region, birth_dat
     [
         ("990102", dt.date(1985, 3, 7), 1, "male"),
         ("370102", dt.date(1889, 12, 31), 1, "male"),
-        ("370102", dt.date.today() + dt.timedelta(days=1), 1, "male"),
+        ("370102", TODAY + dt.timedelta(days=1), 1, "male"),
         ("370102", dt.date(1985, 3, 7), 500, "male"),
         ("370102", dt.date(1985, 3, 7), -1, "male"),
         ("370102", dt.date(1985, 3, 7), 1, "other"),
@@ -113,14 +114,34 @@ def test_make_national_id_builds_the_number_worked_out_by_hand(region, birth_dat
 )
 def test_make_national_id_refuses_what_it_cannot_build(arguments):
     with pytest.raises(ValueError):
-        make_national_id(*arguments)
+        make_national_id(*arguments, today=TODAY)
+
+
+def test_make_national_id_refuses_tomorrow_by_the_clock_of_china():
+    # Worked out when the test runs, not when it is collected: a run that crosses midnight
+    # must still be asking about tomorrow.
+    tomorrow = china_today() + dt.timedelta(days=1)
+    with pytest.raises(ValueError):
+        make_national_id("370102", tomorrow, 1, "male")
+    assert make_national_id("370102", china_today(), 1, "male")
+
+
+def test_a_birth_after_midnight_in_china_is_today_there_while_utc_is_still_on_yesterday():
+    # 01:30 in Jinan on 1 June is 17:30 UTC on 31 May.
+    evening_in_utc = dt.datetime(2025, 5, 31, 17, 30, tzinfo=dt.UTC)
+    assert china_today(evening_in_utc) == dt.date(2025, 6, 1)
+    assert china_today(dt.datetime(2025, 5, 31, 15, 59, tzinfo=dt.UTC)) == dt.date(2025, 5, 31)
+    newborn = make_national_id("370102", dt.date(2025, 6, 1), 0, "female", today=china_today(evening_in_utc))
+    assert parse_national_id(newborn, today=china_today(evening_in_utc)).birth_date == dt.date(2025, 6, 1)
+    with pytest.raises(ValueError):
+        china_today(dt.datetime(2025, 5, 31, 17, 30))
 
 
 REAL_SHANDONG_CODES = ["370000", "370100", "370124", "370126", "370281", "371082", "371721", "110105", "500228"]
 
 national_id_arguments = st.tuples(
     st.sampled_from(REAL_SHANDONG_CODES),
-    st.dates(min_value=dt.date(1890, 1, 1), max_value=dt.date.today()),
+    st.dates(min_value=dt.date(1890, 1, 1), max_value=china_today()),
     st.integers(min_value=0, max_value=499),
     st.sampled_from(["male", "female"]),
 )
