@@ -17,6 +17,7 @@ from ehr.access import Reach
 from ehr.models import RecordError
 from ehr.service import RecordService
 from fhir_profiles.divisions import is_valid_division_code
+from fhir_profiles.identifiers import CHINA_STANDARD_TIME
 from qilu.auth import Caller
 from referral.directory import DirectoryCache
 from referral.models import (ICD10_SYSTEM, MOVES, OPEN_STATUSES, PRIORITY_ORDER, WAITING_STATUSES,
@@ -28,6 +29,12 @@ log = structlog.get_logger("qilu.referral")
 
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 Mail = Callable[[list[str], str, str], Awaitable[None]]
+
+
+def province_month(moment: datetime) -> str:
+    """The month a referral counts in: the province's calendar month, so one sent at 03:00 on 1 December in
+    Jinan counts in December although it is still November in UTC."""
+    return moment.astimezone(CHINA_STANDARD_TIME).strftime("%Y-%m")
 
 
 class ReferralRefused(Exception):
@@ -290,7 +297,7 @@ class ReferralService:
                        "display": icd10[0].get("display") or (reason.get("code") or {}).get("text")},
             "supporting": list(body.supporting), "consent": _ref(body.consent, "Consent"), "note": body.note,
             "created": now, "updated": now, "deadline": now + timedelta(minutes=self.rules.accept_minutes[
-                body.priority]), "month": now.strftime("%Y-%m"), "escalations": 0, "tried": [],
+                body.priority]), "month": province_month(now), "escalations": 0, "tried": [],
             "based_on": based_on, "routing": routing,
             "share": {"org": chosen.hospital, "from": None, "until": None},
             "history": [{"at": now, "by": caller.fhir_user, "org": organization, "action": "create",

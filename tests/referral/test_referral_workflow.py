@@ -25,6 +25,8 @@ from referral_world import (
 from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
+from fhir_profiles.identifiers import china_today
+from referral.service import province_month
 from sample_records import FHIR_JSON, JSON_HEADERS, condition
 
 
@@ -462,7 +464,7 @@ async def test_statistics_for_the_administrator(app, rw, county, jinan, patient_
     response = await admin_client.get("/api/referrals/stats")
     assert response.status_code == 200, response.text
     stats = response.json()
-    month = datetime.now(UTC).strftime("%Y-%m")
+    month = china_today().strftime("%Y-%m")  # the dashboard counts by the province's calendar
     flows = {(f["direction"], f["city"], f["month"]): f["count"] for f in stats["flows"]}
     assert flows[("up", "370100", month)] >= 2  # from 平阴县, a county of 济南
     assert flows[("down", "370100", month)] >= 1  # from the Jinan tertiary hospital
@@ -472,3 +474,9 @@ async def test_statistics_for_the_administrator(app, rw, county, jinan, patient_
     assert "sla_breaches" in stats and stats["computed"]
     for client in (county, patient_client):
         assert_problem(await client.get("/api/referrals/stats"), 403)
+
+
+def test_a_referral_counts_in_the_month_of_the_province_calendar():
+    # 03:00 on 1 December in Jinan is 19:00 on 30 November in UTC.
+    assert province_month(datetime(2026, 11, 30, 19, 0, tzinfo=UTC)) == "2026-12"
+    assert province_month(datetime(2026, 11, 30, 15, 59, tzinfo=UTC)) == "2026-11"
