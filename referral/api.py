@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -12,11 +13,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from qilu.audit import record_access
 from qilu.auth import CurrentCaller
-from referral.models import EVENTS_CHANNEL, Action, ActionBody, ReferralBody, RouteBody, public_view
+from referral.models import EVENT_POSITION, Action, ActionBody, ReferralBody, RouteBody, public_view
 from referral.service import ReferralRefused, ReferralService
+from referral.store import ReferralFeed
 
 router = APIRouter(prefix="/api/referrals", tags=["referrals"])
 log = structlog.get_logger("qilu.referral.api")
+FEED_WAIT_MS = 3000  # below the Redis client's 5 s socket timeout
+KEEP_ALIVE_S = 15
 
 
 async def referral_refused_handler(request: Request, exc: ReferralRefused) -> Response:
@@ -73,27 +77,41 @@ async def stats(request: Request, caller: CurrentCaller) -> dict[str, Any]:
 
 
 @router.get("/events")
-async def events(request: Request, caller: CurrentCaller) -> StreamingResponse:
-    """Server-sent events: the live feed of referral events for the caller's hospital (or own referrals)."""
+async def events(request: Request, caller: CurrentCaller,
+                 after: Annotated[str | None, Query(pattern=EVENT_POSITION,
+                                                    description="replay what came after this event id")] = None,
+                 last_event_id: Annotated[str | None, Header(pattern=EVENT_POSITION)] = None) -> StreamingResponse:
+    """Server-sent events: the live feed of referral events for the caller's hospital (or own referrals).
+
+    Each event's `id` is its place in the feed. A listener that comes back with `Last-Event-ID` (browsers send it
+    when they reconnect) or `?after=` first hears what it missed; when that is no longer kept, a `resync` event
+    tells it to look again instead."""
     audience = caller.organization if caller.role == "practitioner" else None
+    feed = ReferralFeed(request.app.state.redis)
+    asked = last_event_id or after
+
+    def visible(event: dict[str, Any]) -> bool:
+        return audience in event.get("to", []) or (caller.role == "patient" and event.get("patient") ==
+                                                     caller.fhir_user)
 
     async def stream() -> AsyncIterator[bytes]:
-        pubsub = request.app.state.redis.pubsub()
-        await pubsub.subscribe(EVENTS_CHANNEL)
-        try:
-            yield b": connected\n\n"
-            while not await request.is_disconnected():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=15)
-                if message is None:
-                    yield b": keep-alive\n\n"  # keeps proxies from closing an idle stream
-                    continue
-                event = json.loads(message["data"])
-                if audience in event.get("to", []) or (caller.role == "patient" and event.get("patient") ==
-                                                       caller.fhir_user):
-                    yield f"id: {event['id']}\nevent: referral\ndata: {json.dumps(event)}\n\n".encode()
-        finally:
-            await pubsub.unsubscribe(EVENTS_CHANNEL)
-            await pubsub.aclose()
+        position = asked or await feed.position()
+        if asked and await feed.lost_after(asked):
+            yield b"event: resync\ndata: {}\n\n"
+            position = await feed.position()
+        # The first event carries the position, so even a listener that hears nothing else can come back to it.
+        yield f": connected\nid: {position}\nevent: ready\ndata: {{}}\n\n".encode()
+        quiet_since = time.monotonic()
+        while not await request.is_disconnected():
+            # Waits stay below the Redis client's socket timeout; a keep-alive goes out when the feed is quiet.
+            for event_position, event in await feed.read(position, FEED_WAIT_MS):
+                position = event_position
+                if visible(event):
+                    quiet_since = time.monotonic()
+                    yield f"id: {position}\nevent: referral\ndata: {json.dumps(event)}\n\n".encode()
+            if time.monotonic() - quiet_since >= KEEP_ALIVE_S:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"  # keeps proxies from closing an idle stream
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -17,8 +17,12 @@ WAITING_STATUSES = ("requested", "received")  # not yet accepted: the deadline r
 CLOSED_STATUSES = ("rejected", "completed", "cancelled", "failed")
 ICD10_SYSTEM = "http://hl7.org/fhir/sid/icd-10"
 REFERRAL_IDENTIFIER_SYSTEM = "urn:qilu:referral"
-# Redis pub/sub channel the outbox publishes to and the portals' live feeds listen on.
-EVENTS_CHANNEL = "qilu:referral-events"
+# The Redis stream the outbox appends referral events to and the portals' live feeds read from.
+EVENTS_STREAM = "qilu:referral-events"
+# How many events the stream keeps for listeners that come back after a loss (about a busy day's worth).
+EVENTS_KEPT = 10_000
+# A position in the stream, as Redis writes it: "<milliseconds>-<sequence>".
+EVENT_POSITION = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
 
 class Move(BaseModel):

@@ -27,7 +27,7 @@ from referral.store import ReferralStore
 
 log = structlog.get_logger("qilu.referral")
 
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Publish = Callable[[dict[str, Any]], Awaitable[Any]]
 Mail = Callable[[list[str], str, str], Awaitable[None]]
 
 

@@ -9,12 +9,17 @@ the transitions (what a client sees change); `rev` also counts the outbox bookke
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import DuplicateKeyError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from referral.models import EVENTS_KEPT, EVENTS_STREAM
 
 REFERRALS = "referrals"
 CLAIMS = "referral_claims"
@@ -106,3 +111,53 @@ class ReferralStore:
 
     async def load_stats(self) -> dict[str, Any] | None:
         return await self.stats.find_one({"_id": "current"})
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _position_key(position: str | bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = _text(position).partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+class ReferralFeed:
+    """The live feed of referral events, kept as a Redis stream: the outbox appends, the portals read from a
+    position, so a listener whose connection dropped hears what it missed on its return."""
+
+    def __init__(self, redis: Redis):
+        self.redis = redis
+
+    async def append(self, message: dict[str, Any]) -> str:
+        return _text(await self.redis.xadd(EVENTS_STREAM, {"event": json.dumps(message)}, maxlen=EVENTS_KEPT,
+                                           approximate=True))
+
+    async def position(self) -> str:
+        """Where the feed is now: reading after it yields only what is appended from now on."""
+        newest = await self.redis.xrevrange(EVENTS_STREAM, count=1)
+        return _text(newest[0][0]) if newest else "0-0"
+
+    async def lost_after(self, position: str) -> bool:
+        """Whether events that came after `position` may have been trimmed away, so they can no longer be replayed.
+
+        The length cap drops the oldest entries first: if any were dropped and `position` lies before the oldest
+        kept, what followed it is (at least partly) gone."""
+        try:
+            info = await self.redis.xinfo_stream(EVENTS_STREAM)
+        except ResponseError:  # no stream yet: nothing was ever kept, nothing dropped
+            return False
+        oldest = info.get("first-entry")
+        if oldest is None or info["entries-added"] <= info["length"]:
+            return False
+        return _position_key(position) < _position_key(oldest[0])
+
+    async def read(self, after: str, wait_ms: int) -> list[tuple[str, dict[str, Any]]]:
+        """The events after `after`, oldest first, waiting up to `wait_ms` for one when there are none yet."""
+        reply = await self.redis.xread({EVENTS_STREAM: after}, count=100, block=wait_ms)
+        events = []
+        for _stream, entries in reply or []:
+            for position, fields in entries:
+                data = fields.get(b"event") or fields.get("event")
+                events.append((_text(position), json.loads(data)))
+        return events

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import smtplib
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
@@ -15,9 +14,8 @@ from qilu.cache import connect_redis
 from qilu.db import connect_mongodb, database
 from qilu.settings import Settings
 from referral.directory import DirectoryCache, load_directory
-from referral.models import EVENTS_CHANNEL
 from referral.service import ReferralRules, ReferralService
-from referral.store import ReferralStore
+from referral.store import ReferralFeed, ReferralStore
 
 
 def rules_from(settings: Settings) -> ReferralRules:
@@ -77,11 +75,8 @@ async def sweep_deadlines(settings: Settings) -> int:
 
 async def deliver_outbox(settings: Settings) -> int:
     async def work(service: ReferralService, redis) -> int:
-        async def publish(message: dict[str, Any]) -> None:
-            await redis.publish(EVENTS_CHANNEL, json.dumps(message))
-
         mailer = SmtpMailer(settings, service.records) if settings.smtp_host else None
-        return await service.deliver_outbox(publish, mailer)
+        return await service.deliver_outbox(ReferralFeed(redis).append, mailer)
 
     return await _with_service(settings, work)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,7 @@ from fhir_profiles.extensions import (
 from qilu.accounts import add_user
 from qilu.identity import User
 from referral.directory import SPECIALTY_SYSTEM
+from referral.store import ReferralFeed
 from sample_records import PASSWORD, condition, new_national_id, observation, organization
 
 BASE = "http://testserver/fhir"
@@ -187,3 +190,16 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     problem = response.json()
     assert problem["status"] == status and problem["title"], problem
     return problem
+
+
+async def read_feed_until(feed: ReferralFeed, after: str, enough: Callable[[list[dict[str, Any]]], bool],
+                          timeout: float = 60.0) -> list[dict[str, Any]]:
+    """The events appended to the live feed after position `after`, read until `enough(events)` holds."""
+    heard: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while not enough(heard):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the live feed did not bring what was awaited; heard {heard}")
+        for after, event in await feed.read(after, 1000):
+            heard.append(event)
+    return heard

@@ -1,9 +1,10 @@
-"""Notifications: the outbox delivered by the worker to Redis pub/sub, by e-mail to a real SMTP server, and over SSE."""
+"""Notifications: the outbox delivered by the worker to the live feed (a Redis stream), by e-mail to a real SMTP server, and over SSE."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 from aiosmtpd.controller import Controller
-from referral_world import build_referral_world, new_case, referral_body
+from referral_world import build_referral_world, new_case, read_feed_until, referral_body
 
 from logins import login
 from ehr import store as ehr_store
@@ -24,7 +25,8 @@ from qilu.auth import Caller
 from qilu.db import connect_mongodb
 from referral import store as referral_store
 from referral import tasks as referral_tasks
-from referral.models import EVENTS_CHANNEL, ActionBody, ReferralBody
+from referral.models import EVENT_POSITION, EVENTS_STREAM, ActionBody, ReferralBody
+from referral.store import ReferralFeed
 
 
 def free_port() -> int:
@@ -43,13 +45,13 @@ async def wait_for(condition, timeout: float = 60.0, what: str = "condition"):
     pytest.fail(f"{what} not met within {timeout} s")
 
 
-# --- in-app: Redis pub/sub, through the real worker --------------------------------------------------------
+# --- in-app: the live feed, through the real worker --------------------------------------------------------
 
 
 async def test_the_worker_publishes_every_event_and_marks_it_sent(app, rw, settings, celery_worker):
     redis = aioredis.Redis.from_url(settings.redis_url)
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(EVENTS_CHANNEL)
+    feed = ReferralFeed(redis)
+    start = await feed.position()
     county, jinan = await login(app, rw.county_doctor), await login(app, rw.jinan_specialist)
     try:
         case = await new_case(app.state.db, rw)
@@ -59,14 +61,10 @@ async def test_the_worker_publishes_every_event_and_marks_it_sent(app, rw, setti
         for action in ("receive", "accept"):
             assert (await jinan.post(f"/api/referrals/{rid}/{action}")).status_code == 200
 
-        heard: dict[str, dict[str, Any]] = {}  # event id -> message; the channel is shared, so filter by referral
-        deadline = time.monotonic() + 60
-        while len(heard) < 3 and time.monotonic() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is not None:
-                event = json.loads(message["data"])
-                if event.get("referral") == rid:
-                    heard[event["id"]] = event
+        def of_this_referral(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+            return {e["id"]: e for e in events if e.get("referral") == rid}  # the feed is shared: filter
+
+        heard = of_this_referral(await read_feed_until(feed, start, lambda events: len(of_this_referral(events)) >= 3))
         assert sorted(e["type"] for e in heard.values()) == ["accepted", "received", "requested"], heard
         by_type = {e["type"]: e for e in heard.values()}
         assert by_type["requested"]["to"] == [rw.jinan]
@@ -82,7 +80,6 @@ async def test_the_worker_publishes_every_event_and_marks_it_sent(app, rw, setti
     finally:
         await county.aclose()
         await jinan.aclose()
-        await pubsub.aclose()
         await redis.aclose()
 
 
@@ -100,6 +97,7 @@ async def test_delivery_racing_transitions_loses_neither(app, rw):
         while not stop.is_set():
             await app.state.referrals.deliver_outbox(publish, None)
 
+    start = await ReferralFeed(app.state.redis).position()
     try:
         case = await new_case(app.state.db, rw)
         created = await county.post("/api/referrals", json=referral_body(rw, case))
@@ -112,12 +110,20 @@ async def test_delivery_racing_transitions_loses_neither(app, rw):
         stop.set()
         await asyncio.gather(*deliverers)
         await app.state.referrals.deliver_outbox(publish, None)
-        doc = await app.state.db["referrals"].find_one({"_id": rid})
+
+        async def all_sent():
+            # A worker of an earlier test may hold this referral's claim for a moment; it marks what it sent.
+            doc = await app.state.db["referrals"].find_one({"_id": rid})
+            return doc if not doc["outbox_pending"] and all(e.get("sent") for e in doc["outbox"]) else None
+
+        doc = await wait_for(all_sent, timeout=30, what="every event marked sent")
         assert doc["status"] == "in-progress" and doc["version"] == 5
         assert [h["action"] for h in doc["history"]] == ["create", "receive", "accept", "schedule", "arrive"]
         assert [e["type"] for e in doc["outbox"]] == ["requested", "received", "accepted", "scheduled", "arrived"]
-        assert all(e["sent"] for e in doc["outbox"]) and not doc["outbox_pending"]
-        assert {e["id"] for e in doc["outbox"]} <= set(heard)  # each at least once
+        # Each at least once: here, or by the worker of an earlier test, which appends to the live feed.
+        wanted = {e["id"] for e in doc["outbox"]}
+        await read_feed_until(ReferralFeed(app.state.redis), start,
+                              lambda events: wanted <= set(heard) | {e["id"] for e in events}, timeout=30)
     finally:
         await county.aclose()
         await jinan.aclose()
@@ -224,13 +230,16 @@ async def serving(app) -> AsyncIterator[str]:
 
 
 class EventStream:
-    """One open /api/referrals/events stream and the referral events read from it so far."""
+    """One open /api/referrals/events stream: the referral events read from it so far, and its last position."""
 
     def __init__(self, lines: AsyncIterator[str]):
         self.lines = lines
         self.events: list[dict[str, Any]] = []
+        self.kinds: list[str] = []  # every event's kind, in order: ready, resync, referral
+        self.position: str | None = None
+        self.positions: list[str] = []  # of the referral events
 
-    async def until(self, referral: str, timeout: float = 30.0) -> dict[str, Any]:
+    async def next_event(self, timeout: float = 30.0) -> tuple[str, dict[str, Any]]:
         fields: dict[str, str] = {}
         async with asyncio.timeout(timeout):
             async for line in self.lines:
@@ -240,27 +249,38 @@ class EventStream:
                     key, _, value = line.partition(": ")
                     fields[key] = value
                     continue
-                if fields.get("event") == "referral":
-                    event = json.loads(fields["data"])
-                    assert fields["id"] == event["id"]
-                    self.events.append(event)
-                    if event["referral"] == referral:
-                        return event
-                fields = {}
+                if "id" in fields:
+                    assert re.fullmatch(EVENT_POSITION, fields["id"]), fields
+                    self.position = fields["id"]
+                kind, data = fields.get("event", "message"), json.loads(fields.get("data", "{}"))
+                self.kinds.append(kind)
+                if kind == "referral":
+                    self.events.append(data)
+                    self.positions.append(fields["id"])
+                return kind, data
         raise AssertionError("the stream ended")
+
+    async def until(self, referral: str, timeout: float = 30.0) -> dict[str, Any]:
+        while True:
+            kind, event = await self.next_event(timeout)
+            if kind == "referral" and event["referral"] == referral:
+                return event
 
     def referrals(self) -> set[str]:
         return {e["referral"] for e in self.events}
 
 
-async def open_stream(http: httpx.AsyncClient, token: str, stack) -> EventStream:
+async def open_stream(http: httpx.AsyncClient, token: str, stack, *, query: str = "",
+                      headers: dict[str, str] | None = None) -> EventStream:
+    """Open the stream and read up to its `ready` event: from then on, whatever is appended reaches it."""
     response = await stack.enter_async_context(http.stream(
-        "GET", "/api/referrals/events", headers={"Authorization": token}))
+        "GET", f"/api/referrals/events{query}", headers={"Authorization": token, **(headers or {})}))
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    lines = response.aiter_lines()
-    assert (await anext(lines)) == ": connected"  # subscribed: what is published from now on reaches it
-    return EventStream(lines)
+    stream = EventStream(response.aiter_lines())
+    while (await stream.next_event())[0] != "ready":
+        pass
+    return stream
 
 
 async def test_the_event_stream_carries_a_hospital_its_own_events(app, rw, settings):
@@ -300,3 +320,86 @@ async def test_the_event_stream_carries_a_hospital_its_own_events(app, rw, setti
             assert to_qingdao not in patient.referrals()
     finally:
         await county.aclose()
+
+
+def _position(position: str) -> tuple[int, int]:
+    milliseconds, sequence = position.split("-")
+    return int(milliseconds), int(sequence)
+
+
+async def test_a_listener_that_comes_back_hears_what_it_missed_from_where_it_left(app, rw, settings):
+    """A specialist's inbox whose connection dropped: on its return (the browser sends Last-Event-ID, the portal's
+    own reconnect sends ?after=) it hears the referrals sent while it was away, taken up where it left off."""
+    from contextlib import AsyncExitStack
+
+    county, jinan_client = await login(app, rw.county_doctor), await login(app, rw.jinan_specialist)
+    token = jinan_client.headers["Authorization"]
+    await jinan_client.aclose()
+
+    async def refer() -> str:
+        response = await county.post("/api/referrals", json=referral_body(rw, await new_case(app.state.db, rw)))
+        assert response.status_code == 201, response.text
+        await referral_tasks.deliver_outbox(settings)
+        return response.json()["id"]
+
+    try:
+        async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(
+                10.0, read=30.0)) as http:
+            async with AsyncExitStack() as stack:
+                first = await open_stream(http, token, stack)
+                heard_before = await refer()
+                await first.until(heard_before)
+                left_at = first.position
+            missed = [await refer(), await refer()]  # while nobody listened
+            for how in ({"headers": {"Last-Event-ID": left_at}}, {"query": f"?after={left_at}"}):
+                async with AsyncExitStack() as stack:
+                    back = await open_stream(http, token, stack, **how)
+                    assert back.kinds == ["ready"], how  # no resync: all of the gap is still kept
+                    await back.until(missed[0])  # in the order they were sent
+                    await back.until(missed[1])
+                    assert left_at not in back.positions  # taken up after where it left, not from the start
+                    assert all(_position(p) > _position(left_at) for p in back.positions), how
+    finally:
+        await county.aclose()
+
+
+async def test_a_listener_back_after_its_gap_was_trimmed_is_told_to_look_again(app, rw, settings):
+    """When what came after the listener's position is no longer kept, the stream says `resync` (the page looks
+    again) and carries on from now, instead of pretending nothing happened."""
+    from contextlib import AsyncExitStack
+
+    county, jinan_client = await login(app, rw.county_doctor), await login(app, rw.jinan_specialist)
+    token = jinan_client.headers["Authorization"]
+    await jinan_client.aclose()
+    feed = ReferralFeed(app.state.redis)
+    try:
+        async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(
+                10.0, read=30.0)) as http:
+            async with AsyncExitStack() as stack:
+                left_at = (await open_stream(http, token, stack)).position
+            created = await county.post("/api/referrals", json=referral_body(rw, await new_case(app.state.db, rw)))
+            await referral_tasks.deliver_outbox(settings)
+            # What the stream's length cap does on a busy day: the oldest entries, the gap's among them, are dropped.
+            await app.state.redis.xtrim(EVENTS_STREAM, minid=await feed.position(), approximate=False)
+            async with AsyncExitStack() as stack:
+                back = await open_stream(http, token, stack, headers={"Last-Event-ID": left_at})
+                assert back.kinds == ["resync", "ready"]
+                assert back.position == await feed.position()
+            async with AsyncExitStack() as stack:  # a position still kept is replayed as usual
+                kept = await open_stream(http, token, stack, query=f"?after={back.position}")
+                assert kept.kinds == ["ready"]
+            assert created.status_code == 201
+    finally:
+        await county.aclose()
+
+
+@pytest.mark.parametrize("how", [{"headers": {"Last-Event-ID": "yesterday"}}, {"params": {"after": "1-2-3"}},
+                                 {"params": {"after": "1" * 30 + "-0"}}])
+async def test_a_malformed_position_is_refused_with_a_problem(app, rw, how):
+    jinan = await login(app, rw.jinan_specialist)
+    try:
+        response = await jinan.get("/api/referrals/events", **how)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+    finally:
+        await jinan.aclose()

@@ -3,8 +3,6 @@ and the referral's live feed hearing of it."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -16,11 +14,11 @@ import pytest
 from consult_world import ConsultPeople, hold_consult, sign_in
 from ehr.service import RecordService
 from ehr.store import RecordStore
-from referral.models import EVENTS_CHANNEL
+from referral.store import ReferralFeed
 from sample_records import PASSWORD
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "referral"))
-from referral_world import ReferralWorld, new_case, referral_body, referral_world_for  # noqa: E402
+from referral_world import ReferralWorld, new_case, read_feed_until, referral_body, referral_world_for  # noqa: E402
 
 NOW = datetime.now(UTC).isoformat()
 
@@ -128,30 +126,20 @@ async def test_holding_seeing_and_ending_are_refused_to_the_wrong_people(people:
 
 @asynccontextmanager
 async def referral_feed(app):
-    """Listen on the live feed's Redis channel; yields `next_event(referral, kind)`, which delivers the outbox (or
-    finds a worker did) and returns that event."""
-    pubsub = app.state.redis.pubsub()
-    await pubsub.subscribe(EVENTS_CHANNEL)
-
-    async def publish(message: dict) -> None:
-        await app.state.redis.publish(EVENTS_CHANNEL, json.dumps(message))
+    """Listen on the live feed from now; yields `next_event(referral, kind)`, which delivers the outbox (or finds a
+    worker did) and returns that event."""
+    feed = ReferralFeed(app.state.redis)
+    start = await feed.position()
 
     async def next_event(referral_id: str, kind: str, *, timeout: float = 15) -> dict:
-        await app.state.referrals.deliver_outbox(publish, None)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-            if message is not None:
-                event = json.loads(message["data"])
-                if event["referral"] == referral_id and event["type"] == kind:
-                    return event
-        raise AssertionError(f"no {kind} event for referral {referral_id}")
+        await app.state.referrals.deliver_outbox(feed.append, None)
 
-    try:
-        yield next_event
-    finally:
-        await pubsub.unsubscribe(EVENTS_CHANNEL)
-        await pubsub.aclose()
+        def this_one(events: list[dict]) -> list[dict]:
+            return [e for e in events if e["referral"] == referral_id and e["type"] == kind]
+
+        return this_one(await read_feed_until(feed, start, lambda events: bool(this_one(events)), timeout))[0]
+
+    yield next_event
 
 
 async def test_the_specialist_holds_a_consult_inviting_the_referring_doctor(app, rw: ReferralWorld):

@@ -85,6 +85,6 @@ liveReferrals(async (event) => {
   const r = holder.querySelector(`tr[data-referral="${CSS.escape(event.referral)}"] .referral-link`);
   news.hidden = false;
   news.textContent = t('list.new_event', { what, reason: r ? r.textContent : '' });
-}, $('#live-status'));
+}, $('#live-status'), load); // back after a gap the feed no longer keeps: look again
 
 load();

@@ -376,7 +376,7 @@ liveReferrals(async (event) => {
   await load();
   if (referral?.version !== before) say(t(`referral.event.${event.type}`), 'info');
 }, $('#live-status'), () => {
-  // Back after the feed was lost: what happened meanwhile was not heard, so look again.
+  // Back after a gap the feed no longer keeps: what happened meanwhile was not heard, so look again.
   if (referral) drawConsults();
   load();
 });

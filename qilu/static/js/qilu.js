@@ -267,20 +267,24 @@ export function announce(node, text, kind = 'info') {
 
 // --- live updates (server-sent events of referrals) ------------------------------------------------------
 
-/** Call `onEvent` for each referral event of the caller's; `onResume` when the feed is back after a loss (events
- *  of the gap are not replayed, so a page looks again). */
+/** Call `onEvent` for each referral event of the caller's. The feed takes up where it left off after a loss (the
+ *  events of the gap are replayed); `onResume` is called when that gap is no longer kept, so a page looks again. */
 export function liveReferrals(onEvent, statusNode, onResume) {
   const seen = new Set();
   let source;
-  let lost = false;
+  let position = null; // the id of the last event heard: where to take up again
   const connect = () => {
-    source = new EventSource('/api/referrals/events');
-    source.addEventListener('open', () => {
+    source = new EventSource(position ? `/api/referrals/events?after=${encodeURIComponent(position)}`
+      : '/api/referrals/events');
+    source.addEventListener('ready', (message) => {
+      position = message.lastEventId || position;
       if (statusNode) statusNode.textContent = t('state.live');
-      if (lost && onResume) onResume();
-      lost = false;
+    });
+    source.addEventListener('resync', () => {
+      if (onResume) onResume();
     });
     source.addEventListener('referral', (message) => {
+      position = message.lastEventId || position;
       const event = JSON.parse(message.data);
       if (seen.has(event.id)) return; // delivered at least once: the same event may come twice
       seen.add(event.id);
@@ -288,7 +292,6 @@ export function liveReferrals(onEvent, statusNode, onResume) {
     });
     source.addEventListener('error', async () => {
       if (leaving) return;
-      lost = true;
       if (statusNode) statusNode.textContent = t('state.live_lost');
       if (source.readyState === EventSource.CLOSED) {
         // Refused, perhaps for an expired token: a plain call renews it if so; then listen again.
