@@ -226,6 +226,19 @@ async def current_caller(request: Request) -> Caller:
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 
 
+async def still_admitted(request: Request) -> bool:
+    """For a response that stays open (a live feed): whether the token it was opened with still admits its caller,
+    i.e. it has not expired, the user was not deactivated and no password change ended the session."""
+    token = _bearer(request)
+    if token is None:
+        return False
+    try:
+        await request.app.state.tokens.caller(token)
+    except Problem:
+        return False
+    return True
+
+
 @router.post("/api/auth/token")
 async def issue_token(request: Request, grant_type: Annotated[str, Form()] = "password",
                       username: Annotated[str | None, Form()] = None, password: Annotated[str | None, Form()] = None,

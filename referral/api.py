@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from qilu.audit import record_access
-from qilu.auth import CurrentCaller
+from qilu.auth import CurrentCaller, still_admitted
 from referral.models import EVENT_POSITION, Action, ActionBody, ReferralBody, RouteBody, public_view
 from referral.service import ReferralRefused, ReferralService
 from referral.store import ReferralFeed
@@ -21,6 +21,10 @@ router = APIRouter(prefix="/api/referrals", tags=["referrals"])
 log = structlog.get_logger("qilu.referral.api")
 FEED_WAIT_MS = 3000  # below the Redis client's 5 s socket timeout
 KEEP_ALIVE_S = 15
+# How often an open feed checks that its caller is still admitted: a deactivated user, an expired token or a
+# password change ends the stream (the browser then reconnects with its renewed token, or is refused).
+ADMISSION_RECHECK_S = 30.0
+RECONNECT_AFTER_MS = 3000
 
 
 async def referral_refused_handler(request: Request, exc: ReferralRefused) -> Response:
@@ -100,9 +104,13 @@ async def events(request: Request, caller: CurrentCaller,
             yield b"event: resync\ndata: {}\n\n"
             position = await feed.position()
         # The first event carries the position, so even a listener that hears nothing else can come back to it.
-        yield f": connected\nid: {position}\nevent: ready\ndata: {{}}\n\n".encode()
-        quiet_since = time.monotonic()
+        yield f": connected\nretry: {RECONNECT_AFTER_MS}\nid: {position}\nevent: ready\ndata: {{}}\n\n".encode()
+        quiet_since = checked_at = time.monotonic()
         while not await request.is_disconnected():
+            if time.monotonic() - checked_at >= ADMISSION_RECHECK_S:
+                if not await still_admitted(request):
+                    return
+                checked_at = time.monotonic()
             # Waits stay below the Redis client's socket timeout; a keep-alive goes out when the feed is quiet.
             for event_position, event in await feed.read(position, FEED_WAIT_MS):
                 position = event_position

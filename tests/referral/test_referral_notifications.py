@@ -20,10 +20,14 @@ from aiosmtpd.controller import Controller
 from referral_world import build_referral_world, new_case, read_feed_until, referral_body
 
 from logins import login
+from sample_records import PASSWORD
 from ehr import store as ehr_store
+from qilu.accounts import add_user
 from qilu.auth import Caller
 from qilu.db import connect_mongodb
+from qilu.identity import UserDirectory
 from referral import store as referral_store
+from referral import api as referral_api
 from referral import tasks as referral_tasks
 from referral.models import EVENT_POSITION, EVENTS_STREAM, ActionBody, ReferralBody
 from referral.store import ReferralFeed
@@ -403,3 +407,26 @@ async def test_a_malformed_position_is_refused_with_a_problem(app, rw, how):
         assert response.headers["content-type"].startswith("application/problem+json")
     finally:
         await jinan.aclose()
+
+
+async def test_an_open_feed_ends_when_its_user_is_deactivated(app, rw, settings, monkeypatch):
+    """Deactivating a user ends their access at once, live feeds included: an open stream stops at its next check
+    and a new one is refused."""
+    from contextlib import AsyncExitStack
+
+    monkeypatch.setattr(referral_api, "ADMISSION_RECHECK_S", 0.5)  # the check's period, not what it checks
+    user = await add_user(app.state.db, "http://testserver/fhir", role="practitioner", login=f"gone{rw.tag}",
+                          password=PASSWORD, name="离职 医生", organization=rw.jinan, specialty="cardiology")
+    client = await login(app, user)
+    token = client.headers["Authorization"]
+    try:
+        async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(
+                10.0, read=30.0)) as http, AsyncExitStack() as stack:
+            stream = await open_stream(http, token, stack)
+            await UserDirectory(app.state.db).change(user.id, {"active": False})
+            with pytest.raises(AssertionError, match="the stream ended"):
+                await stream.next_event(timeout=20)
+            refused = await http.get("/api/referrals/events", headers={"Authorization": token})
+            assert refused.status_code == 401
+    finally:
+        await client.aclose()
