@@ -110,7 +110,8 @@ def serve(host: str = typer.Option(None, help="Listen address (default QILU_HOST
 
     settings = get_settings()
     uvicorn.run("qilu.app:create_app", factory=True, host=host or settings.host, port=port or settings.port,
-                workers=workers, log_config=None, proxy_headers=False)
+                workers=workers, log_config=None, proxy_headers=False,
+                timeout_graceful_shutdown=settings.shutdown_grace_s)
 
 
 @cli.command()

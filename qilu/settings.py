@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     public_base_url: str | None = None
+    # On stop, requests still open after this long (live feeds never finish) are cut; the browsers reconnect to
+    # whichever process serves next and take their feed up where it left off.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
 
     # Embedded engines (only used when the URLs above do not point elsewhere).
     ferretdb_port: int = 27018

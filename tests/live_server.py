@@ -25,10 +25,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(settings: Settings, name: str, extra_env: dict[str, str] | None = None
-                   ) -> Iterator[tuple[str, subprocess.Popen]]:
+def running_server(settings: Settings, name: str, extra_env: dict[str, str] | None = None, *,
+                   port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """Start it with the tests' environment (plus `extra_env`), wait for /healthz, stop it afterwards."""
-    port = free_port()
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = settings.path("log", f"test-{name}-server.log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
