@@ -1,5 +1,6 @@
 """Accounts: creating a user of any role with the FHIR resource they stand for (`qilu user add`, the demo), and the
-administrators' rules over practitioner and administrator accounts (the users API)."""
+administrators' rules over accounts (the users API): practitioners and administrators in full, patients only at the
+help desk."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from motor.motor_asyncio import AsyncIOMotorDatabase
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
-from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, parse_national_id
+from fhir_profiles.identifiers import (NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, mask_name, mask_national_id,
+                                      parse_national_id)
 from qilu.auth import Caller
 from qilu.identity import Role, User, UserDirectory, UserExists
 from qilu.problems import Problem
@@ -103,8 +105,11 @@ async def add_user(db: AsyncIOMotorDatabase, base_url: str, *, role: Role, login
 
 # --- the administrators' users API ----------------------------------------------------------------------------
 
-# Patients are not managed here: their login is their ID number, and administrators see no clinical data.
+# Practitioners and administrators are listed and managed in full. Patients never are listed (administrators do not
+# browse residents): a help desk finds one account by the ID number the resident shows, and may only lift its
+# lock-out or set a new password, the two things a locked-out or forgetful resident calls about.
 MANAGED_ROLES: tuple[Role, ...] = ("practitioner", "admin")
+PATIENT_ACTIONS = ("unlock", "password")
 MIN_PASSWORD_LENGTH = 10
 
 
@@ -129,15 +134,23 @@ def _instant(moment: datetime | None) -> str | None:
 
 
 def account_view(doc: dict[str, Any]) -> dict[str, Any]:
-    """An account as the administrators' page shows it (never its password hash)."""
+    """An account as the administrators' page shows it (never its password hash; a patient's ID number and name
+    masked, enough for the help desk to see it is the person in front of them)."""
     locked_until = doc.get("locked_until")
     if locked_until is not None and locked_until.replace(tzinfo=locked_until.tzinfo or UTC) <= datetime.now(UTC):
         locked_until = None  # the lock-out is over
-    return {"id": doc["_id"], "login": doc["login"], "role": doc["role"], "name": doc.get("display_name", ""),
+    patient = doc["role"] == "patient"
+    return {"id": doc["_id"], "login": mask_national_id(doc["login"]) if patient else doc["login"], "role": doc["role"],
+            "name": mask_name(doc.get("display_name", "")) if patient else doc.get("display_name", ""),
             "organization": doc.get("organization"), "fhirUser": doc.get("fhir_user"),
             "practitioner": doc.get("practitioner"), "active": doc.get("active", True),
             "lockedUntil": _instant(locked_until), "failedLogins": doc.get("failed_logins", 0),
             "created": _instant(doc.get("created"))}
+
+
+def account_patients(doc: dict[str, Any]) -> list[str]:
+    """The patient an account belongs to, if it is a patient's: the access shows in that patient's access log."""
+    return [doc["fhir_user"]] if doc["role"] == "patient" and doc.get("fhir_user") else []
 
 
 def account_reference(doc: dict[str, Any]) -> str:
@@ -146,7 +159,8 @@ def account_reference(doc: dict[str, Any]) -> str:
 
 
 class AccountService:
-    """Who may manage accounts (administrators) and how: list, create, disable, enable, unlock, reset a password."""
+    """Who may manage accounts (administrators) and how: list, create, disable, enable, unlock, reset a password;
+    for a patient's account, found by its login only, unlock and reset a password."""
 
     def __init__(self, db: AsyncIOMotorDatabase, base_url: str):
         self.db = db
@@ -158,11 +172,22 @@ class AccountService:
         if caller.role != "admin":
             raise Problem(403, "Administrators only", "Accounts are managed by administrators")
 
-    async def _managed(self, user_id: str) -> dict[str, Any]:
+    async def _managed(self, user_id: str, action: str | None = None) -> dict[str, Any]:
         doc = await self.users.document(user_id)
-        if doc is None or doc["role"] not in MANAGED_ROLES:
+        if doc is None:
             raise Problem(404, "User not found", f"User {user_id} is not known")
+        if doc["role"] == "patient" and action is not None and action not in PATIENT_ACTIONS:
+            raise Problem(409, "Not for a patient's account", "A patient's account can be unlocked or given a new "
+                          "password here; nothing else")
         return doc
+
+    async def find_by_login(self, caller: Caller, login: str) -> dict[str, Any]:
+        """The one account with this login, of any role: how the help desk finds a resident's account."""
+        self._require_admin(caller)
+        user = await self.users.by_login(login)
+        if user is None:
+            raise Problem(404, "User not found", "No account has this login")
+        return await self._managed(user.id)
 
     async def list(self, caller: Caller, role: str | None, organizations: list[str], limit: int, offset: int
                    ) -> tuple[list[dict[str, Any]], int]:
@@ -201,7 +226,7 @@ class AccountService:
     async def act(self, caller: Caller, user_id: str, action: str) -> dict[str, Any]:
         """disable (logins and tokens stop working at once), enable, or unlock (clear a lock-out)."""
         self._require_admin(caller)
-        await self._managed(user_id)
+        await self._managed(user_id, action)
         if action == "disable" and user_id == caller.user_id:
             raise Problem(409, "Your own account", "An administrator cannot disable their own account")
         changes = {"disable": {"active": False}, "enable": {"active": True},
@@ -215,7 +240,7 @@ class AccountService:
     async def reset_password(self, caller: Caller, user_id: str, password: str) -> dict[str, Any]:
         """A new password chosen by the administrator; it also clears a lock-out."""
         self._require_admin(caller)
-        doc = await self._managed(user_id)
+        doc = await self._managed(user_id, "password")
         weakness = password_weakness(password, doc["login"])
         if weakness:
             raise Problem(422, "Weak password", weakness, expression=["password"])

@@ -1,4 +1,5 @@
-"""The administrators' users API under /api/users: thin routes over the account rules, each call audited."""
+"""The administrators' users API under /api/users: thin routes over the account rules, each call audited (a patient's
+account in that patient's access log too)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from qilu.accounts import AccountService, account_reference, account_view
+from qilu.accounts import AccountService, account_patients, account_reference, account_view
 from qilu.audit import record_access
 from qilu.auth import CurrentCaller
 from qilu.problems import Problem
@@ -37,6 +38,12 @@ class AccountBody(StrictModel):
 
 class PasswordBody(StrictModel):
     password: str = Field(min_length=1, max_length=128)
+
+
+class LookupBody(StrictModel):
+    """In the body, not the URL: a resident's ID number stays out of addresses, histories and proxies' logs."""
+
+    login: str = Field(min_length=1, max_length=64)
 
 
 def accounts(request: Request) -> AccountService:
@@ -74,10 +81,19 @@ async def create_user(body: AccountBody, request: Request, caller: CurrentCaller
     return JSONResponse(account_view(doc), status_code=201, headers={"Location": f"/api/users/{doc['_id']}"})
 
 
+@router.post("/lookup")
+async def find_user(body: LookupBody, request: Request, caller: CurrentCaller) -> dict[str, Any]:
+    """The account with this login, of any role: the help desk finds a resident's account by their ID number."""
+    doc = await accounts(request).find_by_login(caller, body.login)
+    await record_access(request, caller, "read", entities=[account_reference(doc)], patients=account_patients(doc),
+                        description="user account: looked up")
+    return account_view(doc)
+
+
 @router.get("/{user_id}")
 async def read_user(user_id: str, request: Request, caller: CurrentCaller) -> dict[str, Any]:
     doc = await accounts(request).get(caller, user_id)
-    await record_access(request, caller, "read", entities=[account_reference(doc)], patients=[],
+    await record_access(request, caller, "read", entities=[account_reference(doc)], patients=account_patients(doc),
                         description="user account")
     return account_view(doc)
 
@@ -86,7 +102,7 @@ async def read_user(user_id: str, request: Request, caller: CurrentCaller) -> di
 async def reset_password(user_id: str, body: PasswordBody, request: Request, caller: CurrentCaller
                          ) -> dict[str, Any]:
     doc = await accounts(request).reset_password(caller, user_id, body.password)
-    await record_access(request, caller, "update", entities=[account_reference(doc)], patients=[],
+    await record_access(request, caller, "update", entities=[account_reference(doc)], patients=account_patients(doc),
                         description="user account: password reset")
     return account_view(doc)
 
@@ -95,6 +111,6 @@ async def reset_password(user_id: str, body: PasswordBody, request: Request, cal
 async def change_user(user_id: str, action: Literal["disable", "enable", "unlock"], request: Request,
                       caller: CurrentCaller) -> dict[str, Any]:
     doc = await accounts(request).act(caller, user_id, action)
-    await record_access(request, caller, "update", entities=[account_reference(doc)], patients=[],
+    await record_access(request, caller, "update", entities=[account_reference(doc)], patients=account_patients(doc),
                         description=f"user account: {action}")
     return account_view(doc)

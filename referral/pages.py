@@ -236,6 +236,13 @@ web.add_messages({
     "users.prev": ("上一页", "Previous page"),
     "users.next": ("下一页", "Next page"),
     "users.none": ("没有找到用户。", "No users found."),
+    "users.resident_title": ("居民账号（帮助台）", "A resident's account (help desk)"),
+    "users.resident_hint": ("居民账号不会列出。请输入居民本人出示的身份证号，只能解锁或重置密码。",
+                            "Residents' accounts are never listed. Type the ID number the resident shows you; you "
+                            "can only unlock the account or set a new password."),
+    "users.resident_id": ("居民身份证号", "Resident's ID number"),
+    "users.resident_none": ("没有使用这个身份证号的账号。", "No account uses this ID number."),
+    "users.role.patient": ("居民", "Resident"),
 })
 
 

@@ -13,7 +13,8 @@ from playwright.async_api import Browser, Page, expect
 
 from portal_pages import ARTIFACTS, DESKTOP, PHONE, card_qr_png, log_in
 from portal_world import PortalWorld
-from sample_records import PASSWORD
+from qilu.accounts import add_user
+from sample_records import PASSWORD, new_national_id
 
 SUMMARY = "经皮冠状动脉介入治疗顺利，植入支架一枚。出院后继续双抗治疗，县医院随访。"
 OPINION = "建议尽快行冠脉造影，必要时 PCI；血压控制目标 130/80。"
@@ -253,8 +254,17 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
 
 
 async def test_administrator_pages_keyboard_and_language(browser: Browser, portal: str, portal_world: PortalWorld,
-                                                         check_page):
+                                                         check_page, app):
     world = portal_world
+    # A resident who got the password wrong five times and calls the help desk.
+    resident_id = new_national_id()
+    await add_user(app.state.db, "http://testserver/fhir", role="patient", login=resident_id, password=PASSWORD,
+                   name="吴桂兰", organization=world.referral.county)
+    async with httpx.AsyncClient(base_url=portal, timeout=30) as http:
+        for _ in range(5):
+            await http.post("/api/auth/token", data={"username": resident_id, "password": "my birthday?"})
+        assert (await http.post("/api/auth/token", data={"username": resident_id, "password": PASSWORD})
+                ).status_code == 429
     context = await browser.new_context(**DESKTOP, locale="zh-CN")
     page = await context.new_page()
     try:
@@ -306,6 +316,19 @@ async def test_administrator_pages_keyboard_and_language(browser: Browser, porta
         await new_row.locator("button[data-action=disable]").click()
         await expect(new_row).to_have_attribute("data-active", "false")
         await expect(page.locator("#users-message")).to_have_text("已停用：周新医")
+        # The help desk finds the resident by the ID number they show, sees it masked, and lifts the lock-out.
+        await page.fill("#resident-id", resident_id)
+        await page.press("#resident-id", "Enter")
+        await expect(page.locator("#resident")).to_contain_text("吴**")
+        await expect(page.locator("#resident")).not_to_contain_text("吴桂兰")
+        await expect(page.locator("#resident-status")).to_contain_text("已锁定")
+        await page.locator("#resident button[data-action=unlock]").click()
+        await expect(page.locator("#users-message")).to_have_text("已解锁：吴**")
+        await expect(page.locator("#resident-status")).to_have_text("正常")
+        await expect(page.locator("#resident button[data-action=unlock]")).to_have_count(0)
+        async with httpx.AsyncClient(base_url=portal, timeout=30) as http:
+            assert (await http.post("/api/auth/token", data={"username": resident_id, "password": PASSWORD})
+                    ).status_code == 200
         await check_page(page, "admin-users")
 
         # English at the switch, kept by cookie from page to page.

@@ -1,5 +1,6 @@
 """The administrators' users API: creating, listing, disabling, unlocking and resetting practitioner and administrator
-accounts, each call audited; everyone else refused, and bad input refused with a problem that changes nothing."""
+accounts, and the help desk's narrow reach into a patient's account, each call audited; everyone else refused, and bad
+input refused with a problem that changes nothing."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import uuid
 import httpx
 from fhir.resources.R4B.auditevent import AuditEvent
 
-from sample_records import PASSWORD
+from fhir_profiles.identifiers import mask_national_id
+from qilu.accounts import add_user
+from sample_records import PASSWORD, new_national_id
 
 STRONG = "Qilu-2024-strong"
 
@@ -171,8 +174,59 @@ async def test_everyone_but_administrators_and_every_bad_request_is_refused_and_
                   {"organization": "Organization/bad id"}):
         _problem(await admin_client.get("/api/users", params=query), 422)
     _problem(await admin_client.get("/api/users/no-such-user"), 404)
-    _problem(await admin_client.post(f"/api/users/{world.patient.id}/disable"), 404)  # patients are not managed here
+    _problem(await admin_client.post(f"/api/users/{world.patient.id}/disable"), 409)  # a patient's: help desk only
     _problem(await admin_client.post(f"/api/users/{doctor['id']}/promote"), 422)
     _problem(await admin_client.post(f"/api/users/{world.admin.id}/disable"), 409)  # never their own account
     assert (await admin_client.get(f"/api/users/{doctor['id']}")).json()["active"] is True
     assert (await _token(client, world.admin.login, PASSWORD)).status_code == 200
+
+
+async def test_the_help_desk_finds_a_patient_by_id_number_and_only_unlocks_or_resets_the_account(
+        app, client, admin_client, doctor_client, world):
+    """A locked-out or forgetful resident calls the help desk: the administrator finds the account by the ID number
+    the resident reads out (never by browsing), sees it masked, and may lift the lock-out or set a new password;
+    nothing else. Each of these shows in the resident's own access log."""
+    national_id = new_national_id()
+    resident = await add_user(app.state.db, "http://testserver/fhir", role="patient", login=national_id,
+                              password=PASSWORD, name="王秀英", organization=world.home)
+    for _ in range(5):
+        await _token(client, national_id, "wrong password")
+    assert (await _token(client, national_id, PASSWORD)).status_code == 429
+
+    found = await admin_client.post("/api/users/lookup", json={"login": national_id.lower()})  # x or X
+    assert found.status_code == 200, found.text
+    account = found.json()
+    assert account["id"] == resident.id and account["role"] == "patient" and account["lockedUntil"] is not None
+    assert account["login"] == mask_national_id(national_id) and account["login"] != national_id
+    assert account["name"] == "王**"
+    assert national_id not in found.text and "王秀英" not in found.text
+    everyone = (await admin_client.get("/api/users", params={"limit": 200})).json()["entries"]
+    assert resident.id not in {u["id"] for u in everyone}  # found, never listed
+
+    url = f"/api/users/{resident.id}"
+    for action in ("disable", "enable"):
+        refused = _problem(await admin_client.post(f"{url}/{action}"), 409)
+        assert "unlocked or given a new password" in refused["detail"]
+    unlocked = await admin_client.post(f"{url}/unlock")
+    assert unlocked.status_code == 200 and unlocked.json()["lockedUntil"] is None
+    assert (await _token(client, national_id, PASSWORD)).status_code == 200
+    _problem(await admin_client.post(f"{url}/password", json={"password": "weak"}), 422)
+    renewed = "Grandma#2026-new"
+    assert (await admin_client.post(f"{url}/password", json={"password": renewed})).status_code == 200
+    assert (await _token(client, national_id, PASSWORD)).status_code == 401
+    session = await _token(client, national_id, renewed)
+    assert session.status_code == 200
+
+    as_resident = {"Authorization": f"Bearer {session.json()['access_token']}"}
+    log = (await client.get("/api/me/access-log", params={"count": 100}, headers=as_resident)).json()
+    by_help_desk = sorted(e["action"] for e in log["entries"] if e["who"] == world.admin.display_name)
+    assert by_help_desk == ["read", "update", "update"], log  # the lookup, the unlock, the new password
+
+    # Only administrators look up; an unknown login and a bad body are refused and change nothing.
+    _problem(await doctor_client.post("/api/users/lookup", json={"login": national_id}), 403)
+    _problem(await client.post("/api/users/lookup", json={"login": national_id}), 401)
+    _problem(await admin_client.post("/api/users/lookup", json={"login": new_national_id()}), 404)
+    for bad in ({}, {"login": ""}, {"login": national_id, "role": "patient"}, {"login": 370102}, []):
+        _problem(await admin_client.post("/api/users/lookup", json=bad), 422)
+    doctor = (await admin_client.post("/api/users/lookup", json={"login": world.doctor.login})).json()
+    assert doctor["id"] == world.doctor.id and doctor["login"] == world.doctor.login  # staff are not masked

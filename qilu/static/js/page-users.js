@@ -1,5 +1,6 @@
-// The accounts an administrator manages (doctors and administrators, never patients) through the users API: find
-// them by role and hospital, page through them, create one, disable or enable it, lift a lock-out, set a password.
+// The accounts an administrator manages through the users API: doctors and administrators found by role and
+// hospital, paged, created, disabled or enabled, unlocked, given a password; and at the help desk one resident's
+// account, found by the ID number they show (never listed), unlocked or given a password.
 import { $, announce, api, displayOf, el, empty, failed, fhir, fmtDateTime, loading, scrollBox, t } from './qilu.js';
 
 const PAGE = 50;
@@ -19,19 +20,19 @@ function statusText(user) {
   return t('users.active');
 }
 
-async function change(user, action, button) {
+async function change(user, action, button, then) {
   button.disabled = true;
   try {
     await api(`/api/users/${encodeURIComponent(user.id)}/${action}`, { json: {} });
     announce(message, t(`users.done.${action}`, { name: user.name }), 'ok');
-    await load();
+    await then();
   } catch (error) {
     announce(message, error.message, 'error');
     button.disabled = false;
   }
 }
 
-function passwordForm(user) {
+function passwordForm(user, then) {
   // A disclosure per row: the field is only there when the administrator asks for it.
   const id = `password-${user.id}`;
   const input = el('input', { type: 'password', id, required: true, autocomplete: 'new-password', maxlength: '128',
@@ -46,7 +47,7 @@ function passwordForm(user) {
       await api(`/api/users/${encodeURIComponent(user.id)}/password`, { json: { password: input.value } });
       input.value = '';
       announce(message, t('users.done.password', { name: user.name }), 'ok');
-      await load();
+      await then();
     } catch (error) {
       announce(message, error.message, 'error');
       button.disabled = false;
@@ -56,25 +57,25 @@ function passwordForm(user) {
   return el('details', { class: 'reset-password' }, el('summary', {}, t('users.reset')), form);
 }
 
-function actionButton(user, action) {
+function actionButton(user, action, then) {
   const button = el('button', { type: 'button', class: action === 'disable' ? 'danger' : '',
     'data-action': action, 'aria-label': `${t(`users.${action}`)} ${user.name}` }, t(`users.${action}`));
-  button.addEventListener('click', () => change(user, action, button));
+  button.addEventListener('click', () => change(user, action, button, then));
   return button;
 }
 
 function row(user) {
   const hospital = el('td', {}, user.organization ? '…' : '—');
   if (user.organization) displayOf(user.organization).then((name) => { hospital.textContent = name; });
-  const actions = [actionButton(user, user.active ? 'disable' : 'enable')];
-  if (user.lockedUntil) actions.push(' ', actionButton(user, 'unlock'));
+  const actions = [actionButton(user, user.active ? 'disable' : 'enable', load)];
+  if (user.lockedUntil) actions.push(' ', actionButton(user, 'unlock', load));
   return el('tr', { 'data-user': user.id, 'data-active': String(user.active) },
     el('th', { scope: 'row' }, user.name),
     el('td', {}, user.login),
     el('td', {}, t(`users.role.${user.role}`)),
     hospital,
     el('td', { class: user.active ? '' : 'overdue' }, statusText(user)),
-    el('td', {}, el('div', { class: 'row' }, actions), passwordForm(user)));
+    el('td', {}, el('div', { class: 'row' }, actions), passwordForm(user, load)));
 }
 
 let loads = 0;
@@ -188,6 +189,35 @@ $('#new-user-form').addEventListener('submit', async (event) => {
   } finally {
     button.disabled = false;
   }
+});
+
+// --- the help desk: one resident's account -----------------------------------------------------------------
+
+const resident = $('#resident');
+let residentLogin = '';
+
+async function showResident() {
+  loading(resident);
+  try {
+    // In the body, not the address: the ID number stays out of histories and logs.
+    const user = await api('/api/users/lookup', { json: { login: residentLogin } });
+    const facts = el('dl', { class: 'facts', 'data-user': user.id },
+      el('dt', {}, t('users.name')), el('dd', {}, user.name),
+      el('dt', {}, t('users.resident_id')), el('dd', {}, user.login),
+      el('dt', {}, t('users.role')), el('dd', {}, t(`users.role.${user.role}`)),
+      el('dt', {}, t('users.status')), el('dd', { id: 'resident-status' }, statusText(user)));
+    const actions = user.lockedUntil ? [el('div', { class: 'row' }, actionButton(user, 'unlock', showResident))] : [];
+    resident.replaceChildren(facts, ...actions, passwordForm(user, showResident));
+  } catch (error) {
+    if (error.status === 404) empty(resident, t('users.resident_none'));
+    else failed(resident, error, showResident);
+  }
+}
+
+$('#resident-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  residentLogin = $('#resident-id').value.trim();
+  if (residentLogin) showResident();
 });
 
 load();
