@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import structlog
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from redis.exceptions import RedisError
 
 from qilu.audit import record_access
 from qilu.auth import CurrentCaller, still_admitted
@@ -99,6 +100,14 @@ async def events(request: Request, caller: CurrentCaller,
                                                      caller.fhir_user)
 
     async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in feed_from(asked):
+                yield chunk
+        except RedisError as exc:
+            # The feed's store is away: end the stream; the browser comes back with its last id and hears the gap.
+            log.warning("live feed unavailable", error=str(exc))
+
+    async def feed_from(asked: str | None) -> AsyncIterator[bytes]:
         position = asked or await feed.position()
         if asked and await feed.lost_after(asked):
             yield b"event: resync\ndata: {}\n\n"

@@ -430,3 +430,18 @@ async def test_an_open_feed_ends_when_its_user_is_deactivated(app, rw, settings,
             assert refused.status_code == 401
     finally:
         await client.aclose()
+
+
+async def test_the_feed_ends_cleanly_when_redis_is_away(app, rw):
+    """With the feed's store unreachable the stream ends at once, without an error page or a stack trace; the
+    browser comes back later with its last id."""
+    jinan = await login(app, rw.jinan_specialist)
+    nowhere = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    redis, app.state.redis = app.state.redis, nowhere  # a real client, to a port nothing listens on
+    try:
+        response = await jinan.get("/api/referrals/events", headers={"Last-Event-ID": "1-0"})
+        assert response.status_code == 200 and response.text == ""
+    finally:
+        app.state.redis = redis
+        await jinan.aclose()
+        await nowhere.aclose()
