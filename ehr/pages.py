@@ -98,12 +98,18 @@ web.add_messages({
     "access.none": ("还没有他人查看过您的档案。", "Nobody else has looked at your records yet."),
     "access.more": ("加载更多", "Load more"),
     "access.refused": ("（被拒绝）", "(refused)"),
+    "access.and": ("、", ", "),
 })
 
 # What an audited interaction is, in words a patient reads.
 web.add_messages({
     "interaction.read": ("查看记录", "read a record"), "interaction.vread": ("查看记录", "read a record"),
     "interaction.search-type": ("检索记录", "searched records"),
+    "interaction.history-type": ("查看修改历史", "read records' history"),
+    "interaction.batch": ("批量查看或修改记录", "read or changed records together"),
+    "interaction.transaction": ("批量修改记录", "changed records together"),
+    "interaction.consult-search": ("查看会诊列表", "listed consults"),
+    "interaction.other": ("使用档案", "used your records"),
     "interaction.everything": ("查看全部档案", "read the whole record"),
     "interaction.create": ("新建记录", "added a record"), "interaction.update": ("修改记录", "changed a record"),
     "interaction.delete": ("删除记录", "deleted a record"),

@@ -245,6 +245,11 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         log = patient.locator("#access-log")
         await expect(log.locator(".access-who", has_text=world.doctor.display_name).first).to_be_visible()
         await expect(log.locator(".access-who", has_text=world.specialist.display_name).first).to_be_visible()
+        # In words, never a code; and one person's accesses in one sitting are one line, not dozens.
+        for what in await log.locator(".access-what").all_inner_texts():
+            assert what and not re.search(r"[a-z]+-[a-z]+", what), what
+        recorded = await patient.evaluate("fetch('/api/me/access-log?count=100').then((r) => r.json())")
+        assert 0 < await log.locator("li.access-entry").count() < min(recorded["total"], 100) / 2
         await check_page(patient, "patient-access-log")
     except BaseException:
         await snapshot_failure(patient=patient)
