@@ -98,6 +98,21 @@ web.add_messages({
     "access.none": ("还没有他人查看过您的档案。", "Nobody else has looked at your records yet."),
     "access.more": ("加载更多", "Load more"),
     "access.refused": ("（被拒绝）", "(refused)"),
+    # FHIR v3 ActEncounterCode: an encounter without a type is named by its class.
+    "encounter.class.AMB": ("门诊", "outpatient visit"),
+    "encounter.class.EMER": ("急诊", "emergency"),
+    "encounter.class.IMP": ("住院", "inpatient stay"),
+    "encounter.class.ACUTE": ("住院（急性期）", "acute inpatient stay"),
+    "encounter.class.NONAC": ("住院（非急性期）", "non-acute inpatient stay"),
+    "encounter.class.OBSENC": ("留观", "observation"),
+    "encounter.class.SS": ("日间手术", "day surgery"),
+    "encounter.class.HH": ("居家医疗", "home health"),
+    "encounter.class.VR": ("远程诊疗", "remote visit"),
+    "encounter.class.FLD": ("外出诊疗", "field visit"),
+    "encounter.class.PRENC": ("诊前评估", "pre-admission"),
+    "allergy.criticality.low": ("低风险", "low risk"),
+    "allergy.criticality.high": ("高风险", "high risk"),
+    "allergy.criticality.unable-to-assess": ("风险未评估", "risk not assessed"),
     "access.and": ("、", ", "),
 })
 

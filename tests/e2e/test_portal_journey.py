@@ -219,6 +219,14 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
     try:
         await log_in(patient, portal, world.national_id, expect="/me")
         await expect(patient.locator("#chart-bp circle.point")).to_have_count(2 * world.blood_pressures)
+        # In the reader's language, never a code: the follow-ups ("慢病随访 chronic disease follow-up" in the record),
+        # the specialist hospital's stay (an encounter with only its class, IMP), the allergy's risk.
+        timeline = patient.locator("#timeline")
+        await expect(timeline).to_contain_text("慢病随访")
+        await expect(timeline).to_contain_text("住院")
+        for code in ("chronic disease", "IMP"):
+            await expect(timeline).not_to_contain_text(code)
+        await expect(patient.locator("#allergies")).to_contain_text("高风险")
         await check_page(patient, "patient-record")
         await patient.goto(f"{portal}/me/referrals")
         mine = patient.locator(f"li[data-referral='{referral_id}']")

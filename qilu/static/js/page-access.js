@@ -1,7 +1,7 @@
 // "Who looked at my records": the patient's access log, newest first, in words. One person's accesses from one
 // hospital, for one purpose, within half an hour, are one visit (even when others looked in between): a line naming
 // what they did, with counts, and when; visits are in the order of their latest access.
-import { $, api, el, empty, failed, fmtDate, fmtDateTime, lang, loading, t } from './qilu.js';
+import { $, api, el, empty, failed, fmtDate, fmtDateTime, inReadersLanguage, loading, t, tOr } from './qilu.js';
 
 const holder = $('#access');
 const more = $('#more');
@@ -11,17 +11,9 @@ let list;
 const visits = new Map(); // per person, hospital, outcome and purpose: the visit older entries may still join
 
 function interaction(code) {
-  const key = `interaction.${code}`;
-  const words = t(key);
-  return words === key ? t('interaction.other') : words;
+  return tOr(`interaction.${code}`, t('interaction.other'));
 }
 
-function purpose(text) {
-  // The purposes are recorded in both languages ("治疗 Treatment"): show the reader's.
-  if (!text) return '';
-  const [zh, ...en] = text.split(' ');
-  return lang === 'zh' || !en.length ? zh : en.join(' ');
-}
 
 function drawVisit(visit) {
   visit.what.textContent = [...visit.actions].map(([words, n]) => (n > 1 ? `${words} ×${n}` : words))
@@ -51,7 +43,7 @@ function add(entry) {
   list.append(el('li', { class: 'access-entry' },
     el('div', {}, el('strong', { class: 'access-who' }, entry.who || ''), ' · ', entry.organization || ''),
     el('div', {}, what, entry.outcome === 'refused' ? ` ${t('access.refused')}` : ''),
-    el('div', { class: 'muted small' }, time, ' · ', t('access.why'), '：', purpose(entry.purpose))));
+    el('div', { class: 'muted small' }, time, ' · ', t('access.why'), '：', inReadersLanguage(entry.purpose))));
   const started = { earliest: when, newest: when, actions: new Map([[words, 1]]), what, time };
   visits.set(who, started);
   drawVisit(started);

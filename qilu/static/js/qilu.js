@@ -13,6 +13,11 @@ export function t(key, values = {}) {
   return text.replace(/\{(\w+)\}/g, (_, name) => (values[name] ?? `{${name}}`));
 }
 
+/** The words for `key` when there are some, else `fallback` (for codes that may have no words yet). */
+export function tOr(key, fallback) {
+  return key in messages ? t(key) : fallback;
+}
+
 // --- calling the server -----------------------------------------------------------------------------
 
 export class ApiError extends Error {
@@ -139,10 +144,20 @@ export function displayOf(reference) {
 
 // --- words for FHIR values ------------------------------------------------------------------------------
 
+// "慢病随访 chronic disease follow-up": Chinese first, then an English part with no Chinese in it.
+const BILINGUAL = /^(\p{Script=Han}[^]*?)\s+([A-Za-z][^\p{Script=Han}]*)$/u;
+
+/** Text the record keeps in both languages ("治疗 Treatment") in the reader's one; any other text as it is. */
+export function inReadersLanguage(text) {
+  const parts = BILINGUAL.exec(text || '');
+  if (!parts) return text || '';
+  return lang === 'zh' ? parts[1] : parts[2];
+}
+
 export function codeText(concept) {
   if (!concept) return '';
   const coding = (concept.coding || [])[0] || {};
-  return concept.text || coding.display || coding.code || '';
+  return inReadersLanguage(concept.text || coding.display || coding.code || '');
 }
 
 export function codeOf(concept, system) {

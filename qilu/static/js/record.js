@@ -3,7 +3,7 @@
 
 import { lineChart } from './chart.js';
 import { $, ageOf, codeOf, codeText, config, displayOf, el, empty, failed, fhir, fill, fmtDate, fmtDateTime, humanName,
-  loading, maskId, t } from './qilu.js';
+  inReadersLanguage, loading, maskId, t, tOr } from './qilu.js';
 
 const LOINC = 'http://loinc.org';
 const ICD10 = 'http://hl7.org/fhir/sid/icd-10';
@@ -153,10 +153,15 @@ function drawMedications(node, requests) {
 function drawAllergies(node, allergies) {
   if (!allergies.length) return empty(node, t('chart.no_allergies'));
   node.append(el('ul', { class: 'plain' }, allergies.map((a) => el('li', {},
-    el('strong', {}, codeText(a.code)), a.criticality ? ` (${a.criticality})` : '',
+    el('strong', {}, codeText(a.code)), a.criticality ? ` (${tOr(`allergy.criticality.${a.criticality}`, a.criticality)})` : '',
     (a.reaction || []).length ? el('div', { class: 'muted small' }, t('chart.reaction', {
       text: a.reaction.flatMap((r) => (r.manifestation || []).map(codeText)).join('、') })) : null))));
   return null;
+}
+
+function encounterClass(coding) {
+  if (!coding) return '';
+  return tOr(`encounter.class.${coding.code}`, inReadersLanguage(coding.display || coding.code || ''));
 }
 
 function drawTimeline(node, encounters) {
@@ -167,7 +172,7 @@ function drawTimeline(node, encounters) {
     if (e.serviceProvider?.reference) displayOf(e.serviceProvider.reference).then((n) => { where.textContent = n; });
     list.append(el('li', {},
       el('time', { datetime: e.period?.start || '' }, fmtDateTime(e.period?.start)), ' ',
-      el('strong', {}, (e.type || []).map(codeText).join('、') || e.class?.display || e.class?.code || ''), ' ',
+      el('strong', {}, (e.type || []).map(codeText).join('、') || encounterClass(e.class)), ' ',
       where,
       (e.reasonCode || []).length ? el('div', { class: 'small' }, e.reasonCode.map(codeText).join('、')) : null));
   }
