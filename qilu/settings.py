@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     smtp_host: str | None = None
     smtp_port: int = 25
     smtp_from: str = "qilu@localhost"
+    # Text messages to hospitals' on-call numbers (Organization.telecom, system "sms") for the most urgent
+    # referrals, through the SMS provider's HTTP API; none are sent when no URL is set.
+    sms_url: str | None = None
+    sms_token: str | None = None
+    sms_priorities: list[str] = ["stat", "asap"]
 
     # Consult rooms: STUN/TURN servers handed to clients and used by the media hub (none: host candidates
     # only), e.g. [{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}].

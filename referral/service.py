@@ -29,6 +29,8 @@ log = structlog.get_logger("qilu.referral")
 
 Publish = Callable[[dict[str, Any]], Awaitable[Any]]
 Mail = Callable[[list[str], str, str], Awaitable[None]]
+# (organizations, text, idempotency key): a text message to the hospitals' on-call numbers.
+Page = Callable[[list[str], str, str], Awaitable[None]]
 
 
 def province_month(moment: datetime) -> str:
@@ -48,6 +50,16 @@ class ReferralRefused(Exception):
         self.extra = extra
 
 
+PRIORITY_WORDS = {"stat": "危急", "asap": "紧急", "urgent": "加急", "routine": "常规"}
+# What a text message says of each move worth waking someone for; `target` is the hospital now asked.
+PAGER_TEXTS = {
+    "requested": "【齐鲁健康】{priority}转诊待接收，请于 {deadline} 前处理：{link}",
+    "escalated": "【齐鲁健康】{priority}转诊超时未接收，已改派{target}，请于 {deadline} 前处理：{link}",
+    "accepted": "【齐鲁健康】{priority}转诊已被{target}接收：{link}",
+    "rejected": "【齐鲁健康】{priority}转诊被{target}拒绝，请尽快另选医院：{link}",
+    "failed": "【齐鲁健康】{priority}转诊无医院接收，请立即电话联系上级医院：{link}",
+    "cancelled": "【齐鲁健康】{priority}转诊已由转出医院取消：{link}",
+}
 EVENT_OF_ACTION = {"receive": "received", "accept": "accepted", "reject": "rejected", "schedule": "scheduled",
                    "arrive": "arrived", "complete": "completed", "cancel": "cancelled"}
 
@@ -70,6 +82,8 @@ class ReferralRules:
     max_escalations: int = 2
     share_days_after_completion: int = 30
     load_cache_s: float = 5.0
+    # Referrals so urgent that someone must be woken: their moves are also sent by text message.
+    paged_priorities: tuple[str, ...] = ("stat", "asap")
 
 
 def now_utc() -> datetime:
@@ -427,7 +441,7 @@ class ReferralService:
             extra["outcome"] = outcome
         entry = {"by": caller.fhir_user, "org": organization, "action": action, "from": doc["status"],
                  "to": move.target, "why": body.reason or body.note}
-        event = self._event(EVENT_OF_ACTION[action], now, events_to, doc["priority"], **extra)
+        event = self._event(EVENT_OF_ACTION[action], now, events_to, doc["priority"], actor=organization, **extra)
         return await self._apply(doc, changes, entry, [event])
 
     async def note_in_history(self, referral_id: str, entry: dict[str, Any], *,
@@ -602,8 +616,9 @@ class ReferralService:
 
     # --- notifications: the outbox ------------------------------------------------------------------------
 
-    async def deliver_outbox(self, publish: Publish, mail: Mail | None) -> int:
-        """Deliver every pending event at least once and mark it sent; portals dedupe by event id."""
+    async def deliver_outbox(self, publish: Publish, mail: Mail | None, page: Page | None = None) -> int:
+        """Deliver every pending event at least once and mark it sent; portals dedupe by event id, the text
+        gateway by the idempotency key (the event id)."""
         delivered = 0
         for doc in await self.store.with_pending_outbox():
             sent: set[str] = set()
@@ -620,6 +635,9 @@ class ReferralService:
                         await mail(event["to"], f"[Qilu] referral {doc['_id'][:8]} {event['type']}",
                                    f"Referral {doc['_id']} ({doc['priority']}, {doc['specialty']}): {event['type']}; "
                                    f"it is now {doc['status']}. Open Qilu to see it.")
+                    paged = [o for o in event["to"] if o != event.get("actor")]  # not those who made the move
+                    if page is not None and paged and (text := self.pager_text(doc, event)) is not None:
+                        await page(paged, text, event["id"])
                 except Exception as exc:  # noqa: BLE001 - a channel down must not hold up the other referrals
                     # Left unsent, so a later run delivers it again; this referral's later events wait behind it,
                     # so nobody hears of a change before the one that came first.
@@ -630,6 +648,19 @@ class ReferralService:
             await self._mark_sent(doc, sent)
             delivered += len(sent)
         return delivered
+
+    def pager_text(self, doc: dict[str, Any], event: dict[str, Any]) -> str | None:
+        """The text message for an event that must reach someone at once, or None. It names no patient: a text
+        message may be read on a locked phone's screen."""
+        if doc["priority"] not in self.rules.paged_priorities or event["type"] not in PAGER_TEXTS:
+            return None
+        deadline = doc.get("deadline")
+        return PAGER_TEXTS[event["type"]].format(
+            priority=PRIORITY_WORDS.get(doc["priority"], doc["priority"]),
+            target=doc.get("target_name") or "上级医院",
+            deadline=_aware(deadline).astimezone(CHINA_STANDARD_TIME).strftime("%H:%M") if deadline else "尽快",
+            # The record's API lives at <portal>/fhir: the referral's page is beside it.
+            link=f"{self.records.base_url.removesuffix('/fhir')}/referrals/{doc['_id']}")
 
     async def _mark_sent(self, doc: dict[str, Any], sent: set[str]) -> None:
         """Mark delivered events sent, under the same claims as the transitions (FerretDB would lose either)."""

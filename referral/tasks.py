@@ -1,4 +1,4 @@
-"""What the workers do for referrals: deadline sweeps, outbox delivery (in-app and e-mail), statistics."""
+"""What the workers do for referrals: deadline sweeps, outbox delivery (in-app, e-mail, text messages), statistics."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 import smtplib
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
+
+import httpx
 
 from ehr.service import RecordService
 from ehr.store import RecordStore
@@ -23,7 +25,8 @@ def rules_from(settings: Settings) -> ReferralRules:
                                          "urgent": settings.accept_minutes_urgent,
                                          "routine": settings.accept_minutes_routine},
                          max_escalations=settings.max_escalations,
-                         share_days_after_completion=settings.share_days_after_completion)
+                         share_days_after_completion=settings.share_days_after_completion,
+                         paged_priorities=tuple(settings.sms_priorities))
 
 
 def referral_service(db, settings: Settings) -> ReferralService:
@@ -41,10 +44,7 @@ class SmtpMailer:
         self.records = records
 
     async def __call__(self, organizations: list[str], subject: str, body: str) -> None:
-        docs = await self.records.store.find_by_ids("Organization", [o.removeprefix("Organization/")
-                                                                     for o in organizations])
-        addresses = sorted({t["value"] for d in docs for t in d["resource"].get("telecom") or []
-                            if t.get("system") == "email" and t.get("value")})
+        addresses = await _organization_contacts(self.records, organizations, "email")
         if not addresses:
             return
         message = EmailMessage()
@@ -57,6 +57,48 @@ class SmtpMailer:
     def _send(self, message: EmailMessage) -> None:
         with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
             smtp.send_message(message)
+
+
+async def _organization_contacts(records: RecordService, organizations: list[str], system: str) -> list[str]:
+    """The hospitals' contact points of one kind (Organization.telecom), each once."""
+    docs = await records.store.find_by_ids("Organization", [o.removeprefix("Organization/") for o in organizations])
+    return sorted({t["value"] for d in docs for t in d["resource"].get("telecom") or []
+                   if t.get("system") == system and t.get("value")})
+
+
+class SmsGateway(Protocol):
+    """Where text messages leave the machine: the province's SMS provider."""
+
+    async def send(self, phones: list[str], text: str, key: str) -> None: ...
+
+
+class HttpSmsGateway:
+    """The SMS provider's HTTP API: one JSON POST per message, with a bearer token and an idempotency key (the
+    event id), so a message delivered twice (the outbox is at least once) reaches each phone once."""
+
+    def __init__(self, url: str, token: str | None, timeout_s: float = 10.0):
+        self.url = url
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.timeout_s = timeout_s
+
+    async def send(self, phones: list[str], text: str, key: str) -> None:
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            response = await http.post(self.url, json={"to": phones, "text": text, "idempotencyKey": key},
+                                       headers={**self.headers, "Idempotency-Key": key})
+        response.raise_for_status()  # refused or failed: the event stays pending and is sent again later
+
+
+class SmsPager:
+    """Text messages to the on-call numbers of the hospitals an event concerns (Organization.telecom "sms")."""
+
+    def __init__(self, gateway: SmsGateway, records: RecordService):
+        self.gateway = gateway
+        self.records = records
+
+    async def __call__(self, organizations: list[str], text: str, key: str) -> None:
+        phones = await _organization_contacts(self.records, organizations, "sms")
+        if phones:
+            await self.gateway.send(phones, text, key)
 
 
 async def _with_service(settings: Settings, work: Callable[[ReferralService, Any], Awaitable[Any]]) -> Any:
@@ -76,7 +118,9 @@ async def sweep_deadlines(settings: Settings) -> int:
 async def deliver_outbox(settings: Settings) -> int:
     async def work(service: ReferralService, redis) -> int:
         mailer = SmtpMailer(settings, service.records) if settings.smtp_host else None
-        return await service.deliver_outbox(ReferralFeed(redis).append, mailer)
+        pager = (SmsPager(HttpSmsGateway(settings.sms_url, settings.sms_token), service.records)
+                 if settings.sms_url else None)
+        return await service.deliver_outbox(ReferralFeed(redis).append, mailer, pager)
 
     return await _with_service(settings, work)
 

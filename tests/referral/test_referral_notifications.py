@@ -17,11 +17,16 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 from aiosmtpd.controller import Controller
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from referral_world import build_referral_world, new_case, read_feed_until, referral_body
 
 from logins import login
-from sample_records import PASSWORD
+from sample_records import PASSWORD, patient
 from ehr import store as ehr_store
+from fhir_profiles.identifiers import CHINA_STANDARD_TIME
 from qilu.accounts import add_user
 from qilu.auth import Caller
 from qilu.db import connect_mongodb
@@ -211,6 +216,83 @@ async def test_events_are_mailed_over_smtp_at_least_once(settings):
             assert all(e["sent"] for e in stored["outbox"]) and not stored["outbox_pending"]
     finally:
         controller.stop(no_assert=True)
+
+
+# --- text messages: the real HTTP adapter, against a stand-in for the SMS provider on this machine ----------
+
+
+class SmsProvider:
+    """What stands in for the province's SMS provider: its HTTP API on loopback, keeping what it is sent; it can
+    be told to fail, as a provider does."""
+
+    def __init__(self, token: str):
+        self.token = token
+        self.messages: list[dict[str, Any]] = []
+        self.failing = False
+
+        async def receive(request: Request) -> Response:
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return JSONResponse({"error": "unauthorized"}, status_code=401)
+            if self.failing:
+                return JSONResponse({"error": "try later"}, status_code=503)
+            body = await request.json()
+            assert request.headers["idempotency-key"] == body["idempotencyKey"]
+            self.messages.append(body)
+            return JSONResponse({"accepted": len(body["to"])})
+
+        self.app = Starlette(routes=[Route("/v1/messages", receive, methods=["POST"])])
+
+
+async def test_the_most_urgent_moves_are_texted_to_on_call_numbers_naming_no_patient(settings):
+    provider = SmsProvider(token="provider-secret")
+    async with serving(provider.app) as base, mail_database(settings) as db:
+        sms_settings = settings.model_copy(update={"mongodb_db": f"{settings.mongodb_db}_mail", "smtp_host": None,
+                                                   "sms_url": f"{base}/v1/messages", "sms_token": "provider-secret"})
+        rw = await build_referral_world(db, with_users=False)
+        phones = {"county": "+8613800000001", "jinan": "+8613800000002"}
+        for key in phones:  # each hospital's on-call number, beside its e-mail address
+            org = await db["Organization"].find_one({"_id": getattr(rw, key).removeprefix("Organization/")})
+            telecom = [*org["resource"]["telecom"], {"system": "sms", "value": phones[key]}]
+            await db["Organization"].update_one({"_id": org["_id"]}, {"$set": {"resource.telecom": telecom}})
+        service = referral_tasks.referral_service(db, sms_settings)
+        county, jinan = practitioner(rw.county, "county-doctor"), practitioner(rw.jinan, "jinan-doctor")
+        resident = patient(organization=rw.county, family="欧阳", given=["秀英"])
+        written, _ = await service.records.create("Patient", resident)
+        case = await new_case(db, rw, f"Patient/{written.resource_id}")
+        stat, _ = await service.create(county, ReferralBody(**referral_body(rw, case, priority="stat")), None)
+        routine, _ = await service.create(county, ReferralBody(**referral_body(rw, case)), None)
+
+        assert await referral_tasks.deliver_outbox(sms_settings) == 2
+        # The specialist on call is woken for the stat referral only; the routine one waits for the inbox.
+        (requested,) = provider.messages
+        assert requested["to"] == [phones["jinan"]]
+        assert requested["idempotencyKey"] == stat["outbox"][0]["id"]
+        assert "危急转诊待接收" in requested["text"] and f"/referrals/{stat['_id']}" in requested["text"]
+        deadline = stat["deadline"].astimezone(CHINA_STANDARD_TIME).strftime("%H:%M")
+        assert deadline in requested["text"]  # on the province's clock
+
+        # Received: nobody woken. Accepted: the county doctor who referred is told, not the hospital that accepted.
+        await service.act(jinan, stat["_id"], "receive", ActionBody())
+        await service.act(jinan, stat["_id"], "accept", ActionBody())
+        await service.act(jinan, routine["_id"], "receive", ActionBody())
+        assert await referral_tasks.deliver_outbox(sms_settings) == 3
+        assert [m["to"] for m in provider.messages[1:]] == [[phones["county"]]]
+        assert "已被" in provider.messages[1]["text"] and "接收" in provider.messages[1]["text"]
+
+        # The provider fails: the event stays pending, and goes out once it answers again.
+        provider.failing = True
+        await service.act(county, stat["_id"], "cancel", ActionBody(reason="patient transferred by ambulance"))
+        assert await referral_tasks.deliver_outbox(sms_settings) == 0
+        assert (await db["referrals"].find_one({"_id": stat["_id"]}))["outbox_pending"]
+        provider.failing = False
+        assert await referral_tasks.deliver_outbox(sms_settings) == 1
+        assert provider.messages[-1]["to"] == [phones["jinan"]] and "取消" in provider.messages[-1]["text"]
+
+        # A text message may be read on a locked screen: never the patient's name, ID number or the reasons.
+        national_id = resident["identifier"][0]["value"]
+        for message in provider.messages:
+            assert "欧阳" not in message["text"] and national_id not in message["text"]
+            assert "ambulance" not in message["text"]
 
 
 # --- the portals' live feed: server-sent events over a real HTTP server ------------------------------------
