@@ -617,37 +617,52 @@ class ReferralService:
     # --- notifications: the outbox ------------------------------------------------------------------------
 
     async def deliver_outbox(self, publish: Publish, mail: Mail | None, page: Page | None = None) -> int:
-        """Deliver every pending event at least once and mark it sent; portals dedupe by event id, the text
+        """Deliver every pending event at least once on each channel (live feed, e-mail, text message) and mark it
+        sent. A channel that fails holds the event, and its referral's later events, for the next run; the
+        channels it already reached are noted, so they are not sent it again. Portals dedupe by event id, the text
         gateway by the idempotency key (the event id)."""
         delivered = 0
         for doc in await self.store.with_pending_outbox():
             sent: set[str] = set()
+            reached: dict[str, list[str]] = {}  # of the event held back: the channels it did reach
             for event in doc.get("outbox", []):
                 if event.get("sent"):
                     continue
-                message = {"id": event["id"], "type": event["type"], "referral": doc["_id"], "to": event["to"],
-                           "patient": doc["patient"],
-                           "priority": event["priority"], "status": doc["status"],
-                           "at": event["at"].isoformat() if isinstance(event["at"], datetime) else event["at"]}
+                done = list(event.get("reached") or [])
                 try:
-                    await publish(message)
-                    if mail is not None:
-                        await mail(event["to"], f"[Qilu] referral {doc['_id'][:8]} {event['type']}",
-                                   f"Referral {doc['_id']} ({doc['priority']}, {doc['specialty']}): {event['type']}; "
-                                   f"it is now {doc['status']}. Open Qilu to see it.")
-                    paged = [o for o in event["to"] if o != event.get("actor")]  # not those who made the move
-                    if page is not None and paged and (text := self.pager_text(doc, event)) is not None:
-                        await page(paged, text, event["id"])
+                    for channel, deliver in self._channels(doc, event, publish, mail, page):
+                        if channel not in done:
+                            await deliver()
+                            done.append(channel)
                 except Exception as exc:  # noqa: BLE001 - a channel down must not hold up the other referrals
                     # Left unsent, so a later run delivers it again; this referral's later events wait behind it,
                     # so nobody hears of a change before the one that came first.
                     log.warning("outbox delivery failed", referral=doc["_id"], event_id=event["id"],
                                 error=str(exc))
+                    if done != list(event.get("reached") or []):
+                        reached[event["id"]] = done
                     break
                 sent.add(event["id"])
-            await self._mark_sent(doc, sent)
+            await self._mark_sent(doc, sent, reached)
             delivered += len(sent)
         return delivered
+
+    def _channels(self, doc: dict[str, Any], event: dict[str, Any], publish: Publish, mail: Mail | None,
+                  page: Page | None) -> list[tuple[str, Callable[[], Awaitable[Any]]]]:
+        """The ways this event goes out, in order, each as (name, send)."""
+        message = {"id": event["id"], "type": event["type"], "referral": doc["_id"], "to": event["to"],
+                   "patient": doc["patient"], "priority": event["priority"], "status": doc["status"],
+                   "at": event["at"].isoformat() if isinstance(event["at"], datetime) else event["at"]}
+        channels: list[tuple[str, Callable[[], Awaitable[Any]]]] = [("feed", lambda: publish(message))]
+        if mail is not None:
+            channels.append(("mail", lambda: mail(
+                event["to"], f"[Qilu] referral {doc['_id'][:8]} {event['type']}",
+                f"Referral {doc['_id']} ({doc['priority']}, {doc['specialty']}): {event['type']}; "
+                f"it is now {doc['status']}. Open Qilu to see it.")))
+        paged = [o for o in event["to"] if o != event.get("actor")]  # not those who made the move
+        if page is not None and paged and (text := self.pager_text(doc, event)) is not None:
+            channels.append(("sms", lambda: page(paged, text, event["id"])))
+        return channels
 
     def pager_text(self, doc: dict[str, Any], event: dict[str, Any]) -> str | None:
         """The text message for an event that must reach someone at once, or None. It names no patient: a text
@@ -662,17 +677,20 @@ class ReferralService:
             # The record's API lives at <portal>/fhir: the referral's page is beside it.
             link=f"{self.records.base_url.removesuffix('/fhir')}/referrals/{doc['_id']}")
 
-    async def _mark_sent(self, doc: dict[str, Any], sent: set[str]) -> None:
-        """Mark delivered events sent, under the same claims as the transitions (FerretDB would lose either)."""
+    async def _mark_sent(self, doc: dict[str, Any], sent: set[str], reached: dict[str, list[str]]) -> None:
+        """Mark delivered events sent (and note the channels a held-back event reached), under the same claims as
+        the transitions (FerretDB would lose either)."""
         for attempt in range(WRITE_ATTEMPTS):
             outbox = doc.get("outbox", [])
             indexes = [i for i, e in enumerate(outbox) if e["id"] in sent and not e.get("sent")]
+            partial = {i: reached[e["id"]] for i, e in enumerate(outbox) if e["id"] in reached}
             still_pending = any(not e.get("sent") and e["id"] not in sent for e in outbox)
-            if not indexes and still_pending == doc.get("outbox_pending"):
+            if not indexes and not partial and still_pending == doc.get("outbox_pending"):
                 return
 
-            async def write(rev: int, indexes: list[int] = indexes, still_pending: bool = still_pending) -> bool:
-                return await self.store.mark_sent(doc["_id"], rev, indexes, still_pending)
+            async def write(rev: int, indexes: list[int] = indexes, partial: dict[int, list[str]] = partial,
+                            still_pending: bool = still_pending) -> bool:
+                return await self.store.mark_sent(doc["_id"], rev, indexes, still_pending, partial)
 
             if await self._claimed_write(doc, write):
                 return

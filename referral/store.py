@@ -95,10 +95,13 @@ class ReferralStore:
     async def with_pending_outbox(self, limit: int = 100) -> list[dict[str, Any]]:
         return await self.find({"outbox_pending": True}, sort=[("updated", ASCENDING)], limit=limit)
 
-    async def mark_sent(self, referral_id: str, rev: int, indexes: list[int], still_pending: bool) -> bool:
+    async def mark_sent(self, referral_id: str, rev: int, indexes: list[int], still_pending: bool,
+                        reached: dict[int, list[str]] | None = None) -> bool:
         """Mark outbox events sent, by position: the outbox only grows, so an event keeps its index (and
-        FerretDB has no arrayFilters). Conditioned on `rev`, so no event appended meanwhile is overlooked."""
+        FerretDB has no arrayFilters). `reached`: the channels an event not yet sent did reach. Conditioned on
+        `rev`, so no event appended meanwhile is overlooked."""
         changes: dict[str, Any] = {f"outbox.{index}.sent": True for index in indexes}
+        changes.update({f"outbox.{index}.reached": channels for index, channels in (reached or {}).items()})
         result = await self.referrals.update_one({"_id": referral_id, "rev": rev}, {
             "$set": {**changes, "outbox_pending": still_pending, "rev": rev + 1}})
         return result.matched_count == 1

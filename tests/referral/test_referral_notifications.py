@@ -279,14 +279,23 @@ async def test_the_most_urgent_moves_are_texted_to_on_call_numbers_naming_no_pat
         assert [m["to"] for m in provider.messages[1:]] == [[phones["county"]]]
         assert "已被" in provider.messages[1]["text"] and "接收" in provider.messages[1]["text"]
 
-        # The provider fails: the event stays pending, and goes out once it answers again.
+        # The provider fails: the event stays pending, and goes out once it answers again; the live feed, which it
+        # did reach, is not sent it twice.
         provider.failing = True
+        feed = ReferralFeed(aioredis.Redis.from_url(settings.redis_url))
+        since = await feed.position()
         await service.act(county, stat["_id"], "cancel", ActionBody(reason="patient transferred by ambulance"))
         assert await referral_tasks.deliver_outbox(sms_settings) == 0
-        assert (await db["referrals"].find_one({"_id": stat["_id"]}))["outbox_pending"]
+        stored = await db["referrals"].find_one({"_id": stat["_id"]})
+        assert stored["outbox_pending"] and stored["outbox"][-1]["reached"] == ["feed"]
+        assert await referral_tasks.deliver_outbox(sms_settings) == 0  # still failing: still held
         provider.failing = False
         assert await referral_tasks.deliver_outbox(sms_settings) == 1
         assert provider.messages[-1]["to"] == [phones["jinan"]] and "取消" in provider.messages[-1]["text"]
+        cancelled = stored["outbox"][-1]["id"]
+        on_feed = [e for _, e in await feed.read(since, 100) if e["id"] == cancelled]
+        assert len(on_feed) == 1
+        await feed.redis.aclose()
 
         # A text message may be read on a locked screen: never the patient's name, ID number or the reasons.
         national_id = resident["identifier"][0]["value"]
