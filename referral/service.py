@@ -308,7 +308,7 @@ class ReferralService:
             "requester": caller.fhir_user, "target": chosen.hospital, "target_name": chosen.name,
             "target_service": chosen.service, "specialty": body.specialty, "capabilities": sorted(body.capabilities),
             "reason": {"reference": _ref(body.reason, "Condition"), "code": icd10[0].get("code"),
-                       "display": icd10[0].get("display") or (reason.get("code") or {}).get("text")},
+                       "display": (reason.get("code") or {}).get("text") or icd10[0].get("display")},
             "supporting": list(body.supporting), "consent": _ref(body.consent, "Consent"), "note": body.note,
             "created": now, "updated": now, "deadline": now + timedelta(minutes=self.rules.accept_minutes[
                 body.priority]), "month": province_month(now), "escalations": 0, "tried": [],

@@ -113,6 +113,7 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await expect(row).to_be_visible()
         assert await specialist.evaluate("window.__sameInboxPage === true")
         await expect(specialist.locator("#news")).to_contain_text("收到新转诊")
+        await expect(row).to_contain_text("原发性高血压")  # the reason as the doctor's record words it
         await check_page(specialist, "specialist-inbox")
         await row.locator("a.referral-link").click()
         await expect(specialist.locator("#patient")).to_contain_text("接受转诊后")
