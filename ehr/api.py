@@ -16,12 +16,14 @@ from typing import Literal
 
 import segno
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from ehr.access import Reach
 from ehr.capability import capability_statement
 from ehr.cards import CardRefused, CardService
+from ehr.export import NDJSON, parse_export_request
+from ehr.export import OPEN_STATUSES as OPEN_EXPORT_STATUSES
 from ehr.models import RecordError
 from ehr.service import RecordService, Written
 from ehr.store import RecordStore
@@ -49,9 +51,13 @@ async def record_error_handler(request: Request, exc: RecordError) -> Response:
     return FhirResponse(outcome, status_code=exc.status, headers=exc.headers)
 
 
+def _fhir_base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/fhir"
+
+
 def record_service(request: Request, caller: Caller) -> RecordService:
     reach = Reach(caller, RecordStore(request.app.state.db), request.app.state.shared_patients)
-    return RecordService(reach.store, str(request.base_url).rstrip("/") + "/fhir", reach)
+    return RecordService(reach.store, _fhir_base(request), reach)
 
 
 async def audited(request: Request, caller: Caller, service: RecordService, interaction: str, work: Awaitable[T],
@@ -133,7 +139,7 @@ def _written_response(request: Request, written: Written, status: int) -> Respon
 
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
-    return FhirResponse(capability_statement(str(request.base_url).rstrip("/") + "/fhir"))
+    return FhirResponse(capability_statement(_fhir_base(request)))
 
 
 @router.post("")
@@ -146,7 +152,7 @@ async def batch_or_transaction(request: Request, caller: CurrentCaller) -> Respo
 
 @router.get("/StructureDefinition")
 async def list_structure_definitions(request: Request) -> Response:
-    base = str(request.base_url).rstrip("/") + "/fhir"
+    base = _fhir_base(request)
     definitions = load_structure_definitions()
     return FhirResponse({"resourceType": "Bundle", "type": "searchset", "total": len(definitions), "entry": [
         {"fullUrl": f"{base}/StructureDefinition/{sid}", "resource": sd, "search": {"mode": "match"}}
@@ -159,6 +165,62 @@ async def read_structure_definition(definition_id: str) -> Response:
     if definition is None:
         raise RecordError.single(404, "not-found", f"StructureDefinition/{definition_id} is not known")
     return FhirResponse(definition)
+
+
+# --- bulk export (FHIR Bulk Data: kick-off, status, files, cancel) ---------------------------------
+
+
+@router.get("/Patient/$export")
+async def export_kick_off(request: Request, caller: CurrentCaller) -> Response:
+    """Start an export of every patient in the caller's reach; answers 202 with where to ask how it goes."""
+    params = _query(request)
+    try:
+        wanted = parse_export_request(params, request.headers.get("prefer", ""))
+        job = await request.app.state.exports.start(caller, wanted, str(request.url))
+    except RecordError as exc:
+        await record_access(request, caller, "export", entities=[], patients=[], outcome=OUTCOME_MINOR,
+                            description=exc.issues[0].diagnostics if exc.issues else "", query=request.url.query)
+        raise
+    await record_access(request, caller, "export", entities=[f"urn:qilu:export:{job['_id']}"], patients=[],
+                        description="bulk export requested", query=request.url.query)
+    request.app.state.enqueue_export(job["_id"])
+    status_url = f"{_fhir_base(request)}/$export-status/{job['_id']}"
+    return Response(status_code=202, headers={"Content-Location": status_url})
+
+
+@router.get("/$export")
+async def system_export(caller: CurrentCaller) -> Response:
+    raise RecordError.single(400, "not-supported", "Only patient-level export is offered: GET /fhir/Patient/$export "
+                                                   "exports every patient you may read")
+
+
+@router.get("/$export-status/{job_id}")
+async def export_status(job_id: str, request: Request, caller: CurrentCaller) -> Response:
+    exports = request.app.state.exports
+    job = await exports.of_caller(caller, job_id)
+    if job["status"] in OPEN_EXPORT_STATUSES:
+        total = len(job["types"])
+        return Response(status_code=202, headers={"X-Progress": f"{job['progress']} of {total} types",
+                                                  "Retry-After": "2"})
+    if job["status"] == "failed":
+        raise RecordError.single(503, "transient", f"The export failed: {job['error']}")
+    return FhirResponse(exports.manifest(job, _fhir_base(request)), media_type="application/json")
+
+
+@router.delete("/$export-status/{job_id}")
+async def export_cancel(job_id: str, request: Request, caller: CurrentCaller) -> Response:
+    await request.app.state.exports.cancel(caller, job_id)
+    await record_access(request, caller, "export", entities=[f"urn:qilu:export:{job_id}"], patients=[],
+                        description="bulk export cancelled")
+    return Response(status_code=202)
+
+
+@router.get("/$export-file/{job_id}/{name}")
+async def export_file(job_id: str, name: str, request: Request, caller: CurrentCaller) -> Response:
+    path = await request.app.state.exports.file_of(caller, job_id, name)
+    await record_access(request, caller, "export", entities=[f"urn:qilu:export:{job_id}:{name}"], patients=[],
+                        description="bulk export file fetched")
+    return FileResponse(path, media_type=NDJSON, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/Patient/{patient_id}/$everything")
@@ -282,7 +344,7 @@ async def card_refused_handler(request: Request, exc: CardRefused) -> Response:
 
 def card_service(request: Request) -> CardService:
     state = request.app.state
-    return CardService(RecordService(RecordStore(state.db), str(request.base_url).rstrip("/") + "/fhir"),
+    return CardService(RecordService(RecordStore(state.db), _fhir_base(request)),
                        state.redis, state.keys.card_key, state.settings.token_issuer)
 
 

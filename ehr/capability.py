@@ -52,7 +52,9 @@ def _resources() -> list[dict[str, Any]]:
             entry["supportedProfile"] = profiles[resource_type]
         if resource_type == "Patient":
             entry["operation"] = [{"name": "everything",
-                                   "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"}]
+                                   "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
+                                  {"name": "export",
+                                   "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}]
         resources.append(entry)
     # The province's profiles and extensions are served read-only at /fhir/StructureDefinition/{id}.
     resources.append({"type": "StructureDefinition", "interaction": [{"code": "read"}],

@@ -124,6 +124,7 @@ web.add_messages({
     "interaction.batch": ("批量查看或修改记录", "read or changed records together"),
     "interaction.transaction": ("批量修改记录", "changed records together"),
     "interaction.consult-search": ("查看会诊列表", "listed consults"),
+    "interaction.export": ("导出档案", "exported your records"),
     "interaction.other": ("使用档案", "used your records"),
     "interaction.everything": ("查看全部档案", "read the whole record"),
     "interaction.create": ("新建记录", "added a record"), "interaction.update": ("修改记录", "changed a record"),

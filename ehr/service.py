@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -556,6 +557,18 @@ class RecordService:
                     seen.add(key)
                     found.append(doc)
         return found
+
+    # --- bulk export ------------------------------------------------------------------------------
+
+    async def each_readable(self, resource_type: str, since: datetime | None = None
+                            ) -> AsyncIterator[dict[str, Any]]:
+        """Every current resource of this type the caller may read (changed since `since`), one at a time."""
+        _require_type(resource_type)
+        query: dict[str, Any] = {"deleted": False}
+        if since is not None:
+            query["updated"] = {"$gte": since}
+        async for document in self.store.each(resource_type, await self._reach_filter(resource_type, query)):
+            yield document
 
     # --- the audit trail --------------------------------------------------------------------------
 

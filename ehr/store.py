@@ -7,6 +7,7 @@ so the same code runs on MongoDB and on FerretDB.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
@@ -82,6 +83,12 @@ class RecordStore:
             return []
         cursor = self.db[resource_type].find(query, sort=sort, skip=skip, limit=limit)
         return await cursor.to_list(length=limit)
+
+    async def each(self, resource_type: str, query: dict[str, Any], batch_size: int = 500
+                   ) -> AsyncIterator[dict[str, Any]]:
+        """Every matching document, in _id order, read in batches: for exports, which must not hold them all."""
+        async for document in self.db[resource_type].find(query, sort=[("_id", 1)], batch_size=batch_size):
+            yield document
 
     async def count(self, resource_type: str, query: dict[str, Any]) -> int:
         return await self.db[resource_type].count_documents(query)

@@ -8,12 +8,14 @@ import structlog
 from fastapi import FastAPI
 
 from ehr import api as ehr_api
+from ehr import export as ehr_export
 from ehr import pages as ehr_pages
 from ehr import store as ehr_store
 from ehr.cards import CardRefused
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
+from ehr.tasks import bulk_exports
 from qilu import audit, auth, identity, ops, users, web
 from qilu.audit import AuditTrailWriter
 from qilu.auth import TokenService
@@ -40,8 +42,8 @@ from teleconsult.tasks import consult_service, media_hub
 log = structlog.get_logger("qilu.app")
 
 # Each domain's store creates its own indexes; start-up runs them all (idempotent).
-INDEX_SETUPS = (ehr_store.ensure_indexes, identity.ensure_indexes, referral_store.ensure_indexes,
-                consult_store.ensure_indexes)
+INDEX_SETUPS = (ehr_store.ensure_indexes, ehr_export.ensure_indexes, identity.ensure_indexes,
+                referral_store.ensure_indexes, consult_store.ensure_indexes)
 
 
 def _kick_outbox() -> None:
@@ -64,6 +66,16 @@ def _enqueue_recording(consult_id: str) -> None:
         log.warning("recording post-processing not enqueued", consult=consult_id, error=str(exc))
 
 
+def _enqueue_export(job_id: str) -> None:
+    """Have a worker make a bulk export; the beat sweep hands it to one later if this is lost."""
+    from workers.tasks import run_bulk_export
+
+    try:
+        run_bulk_export.apply_async(args=[job_id], retry=False, ignore_result=True)
+    except Exception as exc:  # noqa: BLE001 - the job waits in MongoDB; the sweep enqueues it again
+        log.warning("export not enqueued", job=job_id, error=str(exc))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -83,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.referrals = referral_service(app.state.db, settings)
         app.state.shared_patients = app.state.referrals.shared_patients
         app.state.kick_outbox = _kick_outbox
+        app.state.exports = bulk_exports(app.state.db, settings)
+        app.state.enqueue_export = _enqueue_export
         # Consult rooms: the media hub lives as long as the process; stopping it closes every peer connection.
         app.state.consults = consult_service(app.state.db, settings, referrals=app.state.referrals,
                                              hub=media_hub(settings), enqueue_recording=_enqueue_recording,

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     # only), e.g. [{"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}].
     consult_ice_servers: list[dict] = Field(default_factory=list)
     consult_recording_dir: str = "consult-recordings"  # under data_dir
+    # Bulk exports (FHIR $export): NDJSON files under data_dir, deleted this long after they are made.
+    export_dir: str = "exports"
+    export_keep_hours: float = Field(default=24, gt=0)
+    export_sweep_s: float = 600.0
     consult_recording_width: int = Field(default=640, ge=64, le=1920)
     consult_recording_height: int = Field(default=360, ge=64, le=1080)
     consult_recording_fps: int = Field(default=15, ge=1, le=30)
