@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
-from collections.abc import Awaitable
-from typing import TypeVar
-
-import io
-from typing import Literal
-
 import segno
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,7 +19,7 @@ from ehr.access import Reach
 from ehr.capability import capability_statement
 from ehr.cards import CardRefused, CardService
 from ehr.export import NDJSON, parse_export_request
-from ehr.export import OPEN_STATUSES as OPEN_EXPORT_STATUSES
+from ehr.export import OPEN_STATUSES as OPEN_EXPORT_STATUSES  # the referral's own are OPEN_STATUSES too
 from ehr.models import RecordError
 from ehr.service import RecordService, Written
 from ehr.store import RecordStore
