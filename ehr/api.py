@@ -18,8 +18,7 @@ from pydantic import BaseModel, Field
 from ehr.access import Reach
 from ehr.capability import capability_statement
 from ehr.cards import CardRefused, CardService
-from ehr.export import NDJSON, parse_export_request
-from ehr.export import OPEN_STATUSES as OPEN_EXPORT_STATUSES  # the referral's own are OPEN_STATUSES too
+from ehr.export import NDJSON, UNDER_WAY, parse_export_request
 from ehr.models import RecordError
 from ehr.service import RecordService, Written
 from ehr.store import RecordStore
@@ -194,7 +193,7 @@ async def system_export(caller: CurrentCaller) -> Response:
 async def export_status(job_id: str, request: Request, caller: CurrentCaller) -> Response:
     exports = request.app.state.exports
     job = await exports.of_caller(caller, job_id)
-    if job["status"] in OPEN_EXPORT_STATUSES:
+    if job["status"] in UNDER_WAY:
         total = len(job["types"])
         return Response(status_code=202, headers={"X-Progress": f"{job['progress']} of {total} types",
                                                   "Retry-After": "2"})

@@ -42,7 +42,7 @@ KNOWN_PARAMETERS = {"_type", "_since", "_outputFormat"}
 MAX_OPEN_EXPORTS = 2
 # Patients named per AuditEvent of an export, so a hospital's export is many events of a bounded size.
 PATIENTS_PER_EVENT = 500
-OPEN_STATUSES = ("accepted", "running")
+UNDER_WAY = ("accepted", "running")
 
 
 def refused(status: int, code: str, diagnostics: str) -> RecordError:
@@ -105,7 +105,7 @@ class BulkExports:
         if caller.role not in ("practitioner", "patient"):
             raise refused(403, "forbidden", "Administrators manage users and the directory and export no "
                                             "clinical data")
-        if await self.jobs.count_documents({"user": caller.user_id, "status": {"$in": list(OPEN_STATUSES)}}) \
+        if await self.jobs.count_documents({"user": caller.user_id, "status": {"$in": list(UNDER_WAY)}}) \
                 >= MAX_OPEN_EXPORTS:
             raise RecordError.single(429, "throttled", f"You have {MAX_OPEN_EXPORTS} exports under way; wait for "
                                                        "one to finish or cancel it", headers={"Retry-After": "30"})
@@ -154,7 +154,7 @@ class BulkExports:
                   base_url: str) -> str:
         """Make the files of one job; idempotent (a job taken up again starts over). Returns its status."""
         job = await self.jobs.find_one({"_id": job_id})
-        if job is None or job["status"] not in OPEN_STATUSES:
+        if job is None or job["status"] not in UNDER_WAY:
             return job["status"] if job else "unknown"
         caller = await caller_of(job["user"])
         if caller is None:
@@ -219,7 +219,7 @@ class BulkExports:
                                    "error": error}
         if output is not None:
             changes["output"] = output
-        result = await self.jobs.update_one({"_id": job_id, "status": {"$in": list(OPEN_STATUSES)}},
+        result = await self.jobs.update_one({"_id": job_id, "status": {"$in": list(UNDER_WAY)}},
                                             {"$set": changes})
         return result.modified_count == 1
 
