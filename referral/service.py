@@ -29,7 +29,7 @@ log = structlog.get_logger("qilu.referral")
 
 Publish = Callable[[dict[str, Any]], Awaitable[Any]]
 Mail = Callable[[list[str], str, str], Awaitable[None]]
-# (organizations, text, idempotency key): a text message to the hospitals' on-call numbers.
+# (Organization or Patient references, text, idempotency key): a text message to their phones.
 Page = Callable[[list[str], str, str], Awaitable[None]]
 
 
@@ -59,6 +59,11 @@ PAGER_TEXTS = {
     "rejected": "【齐鲁健康】{priority}转诊被{target}拒绝，请尽快另选医院：{link}",
     "failed": "【齐鲁健康】{priority}转诊无医院接收，请立即电话联系上级医院：{link}",
     "cancelled": "【齐鲁健康】{priority}转诊已由转出医院取消：{link}",
+}
+# What a text message tells the patient, whatever the urgency: where and when to go.
+PATIENT_TEXTS = {
+    "scheduled": "【齐鲁健康】您的转诊已预约：{target}，{start}。请带身份证或电子健康卡按时就诊：{portal}/me/referrals",
+    "referred-back": "【齐鲁健康】您在{target}的治疗已完成，转回{origin}继续随访：{portal}/me/referrals",
 }
 EVENT_OF_ACTION = {"receive": "received", "accept": "accepted", "reject": "rejected", "schedule": "scheduled",
                    "arrive": "arrived", "complete": "completed", "cancel": "cancelled"}
@@ -660,9 +665,26 @@ class ReferralService:
                 f"Referral {doc['_id']} ({doc['priority']}, {doc['specialty']}): {event['type']}; "
                 f"it is now {doc['status']}. Open Qilu to see it.")))
         paged = [o for o in event["to"] if o != event.get("actor")]  # not those who made the move
-        if page is not None and paged and (text := self.pager_text(doc, event)) is not None:
-            channels.append(("sms", lambda: page(paged, text, event["id"])))
+        if page is not None and paged and (on_call := self.pager_text(doc, event)) is not None:
+            channels.append(("sms", lambda: page(paged, on_call, event["id"])))
+        if page is not None and (to_patient := self.patient_text(doc, event)) is not None:
+            # A key of its own: the provider would drop a second message under the event's key as a repeat.
+            channels.append(("sms-patient", lambda: page([doc["patient"]], to_patient, f"{event['id']}:patient")))
         return channels
+
+    def _portal(self) -> str:
+        # The record's API lives at <portal>/fhir: the portal's pages are beside it.
+        return self.records.base_url.removesuffix("/fhir")
+
+    def patient_text(self, doc: dict[str, Any], event: dict[str, Any]) -> str | None:
+        """The text message telling the patient where and when to go, or None; it names no diagnosis."""
+        if event["type"] not in PATIENT_TEXTS:
+            return None
+        start = doc.get("scheduled_start")
+        return PATIENT_TEXTS[event["type"]].format(
+            target=doc.get("target_name") or "上级医院", origin=doc.get("origin_name") or "基层医院",
+            start=_aware(start).astimezone(CHINA_STANDARD_TIME).strftime("%m月%d日 %H:%M") if start else "",
+            portal=self._portal())
 
     def pager_text(self, doc: dict[str, Any], event: dict[str, Any]) -> str | None:
         """The text message for an event that must reach someone at once, or None. It names no patient: a text
@@ -674,8 +696,7 @@ class ReferralService:
             priority=PRIORITY_WORDS.get(doc["priority"], doc["priority"]),
             target=doc.get("target_name") or "上级医院",
             deadline=_aware(deadline).astimezone(CHINA_STANDARD_TIME).strftime("%H:%M") if deadline else "尽快",
-            # The record's API lives at <portal>/fhir: the referral's page is beside it.
-            link=f"{self.records.base_url.removesuffix('/fhir')}/referrals/{doc['_id']}")
+            link=f"{self._portal()}/referrals/{doc['_id']}")
 
     async def _mark_sent(self, doc: dict[str, Any], sent: set[str], reached: dict[str, list[str]]) -> None:
         """Mark delivered events sent (and note the channels a held-back event reached), under the same claims as

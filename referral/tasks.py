@@ -44,7 +44,7 @@ class SmtpMailer:
         self.records = records
 
     async def __call__(self, organizations: list[str], subject: str, body: str) -> None:
-        addresses = await _organization_contacts(self.records, organizations, "email")
+        addresses = await _contacts(self.records, organizations, lambda t: t.get("system") == "email")
         if not addresses:
             return
         message = EmailMessage()
@@ -59,11 +59,19 @@ class SmtpMailer:
             smtp.send_message(message)
 
 
-async def _organization_contacts(records: RecordService, organizations: list[str], system: str) -> list[str]:
-    """The hospitals' contact points of one kind (Organization.telecom), each once."""
-    docs = await records.store.find_by_ids("Organization", [o.removeprefix("Organization/") for o in organizations])
-    return sorted({t["value"] for d in docs for t in d["resource"].get("telecom") or []
-                   if t.get("system") == system and t.get("value")})
+def _texts_to(contact: dict[str, Any]) -> bool:
+    return contact.get("system") == "sms" or (contact.get("system") == "phone" and contact.get("use") == "mobile")
+
+
+async def _contacts(records: RecordService, references: list[str], takes: Callable[[dict[str, Any]], bool]
+                    ) -> list[str]:
+    """The contact points (`telecom`) of these Organizations and Patients that `takes` accepts, each once."""
+    found: set[str] = set()
+    for resource_type in ("Organization", "Patient"):
+        ids = [r.removeprefix(f"{resource_type}/") for r in references if r.startswith(f"{resource_type}/")]
+        for doc in await records.store.find_by_ids(resource_type, ids) if ids else []:
+            found.update(t["value"] for t in doc["resource"].get("telecom") or [] if takes(t) and t.get("value"))
+    return sorted(found)
 
 
 class SmsGateway(Protocol):
@@ -89,14 +97,15 @@ class HttpSmsGateway:
 
 
 class SmsPager:
-    """Text messages to the on-call numbers of the hospitals an event concerns (Organization.telecom "sms")."""
+    """Text messages to the on-call numbers of the hospitals an event concerns (Organization.telecom "sms"), or to
+    the patient's mobile (Patient.telecom "sms", or a "phone" whose use is "mobile")."""
 
     def __init__(self, gateway: SmsGateway, records: RecordService):
         self.gateway = gateway
         self.records = records
 
-    async def __call__(self, organizations: list[str], text: str, key: str) -> None:
-        phones = await _organization_contacts(self.records, organizations, "sms")
+    async def __call__(self, recipients: list[str], text: str, key: str) -> None:
+        phones = await _contacts(self.records, recipients, _texts_to)
         if phones:
             await self.gateway.send(phones, text, key)
 

@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from typing import Any
 
@@ -256,7 +257,8 @@ async def test_the_most_urgent_moves_are_texted_to_on_call_numbers_naming_no_pat
             await db["Organization"].update_one({"_id": org["_id"]}, {"$set": {"resource.telecom": telecom}})
         service = referral_tasks.referral_service(db, sms_settings)
         county, jinan = practitioner(rw.county, "county-doctor"), practitioner(rw.jinan, "jinan-doctor")
-        resident = patient(organization=rw.county, family="欧阳", given=["秀英"])
+        resident = patient(organization=rw.county, family="欧阳", given=["秀英"],
+                           telecom=[{"system": "phone", "value": "+8613900000003", "use": "mobile"}])
         written, _ = await service.records.create("Patient", resident)
         case = await new_case(db, rw, f"Patient/{written.resource_id}")
         stat, _ = await service.create(county, ReferralBody(**referral_body(rw, case, priority="stat")), None)
@@ -296,6 +298,17 @@ async def test_the_most_urgent_moves_are_texted_to_on_call_numbers_naming_no_pat
         on_feed = [e for _, e in await feed.read(since, 100) if e["id"] == cancelled]
         assert len(on_feed) == 1
         await feed.redis.aclose()
+
+        # The patient is told where and when to go, whatever the urgency, on their own mobile.
+        start = datetime(2031, 5, 4, 1, 30, tzinfo=UTC)  # 09:30 in Jinan
+        await service.act(jinan, routine["_id"], "accept", ActionBody())
+        await service.act(jinan, routine["_id"], "schedule", ActionBody(start=start))
+        assert await referral_tasks.deliver_outbox(sms_settings) == 2
+        (appointment,) = [m for m in provider.messages if m["to"] == ["+8613900000003"]]
+        assert "您的转诊已预约" in appointment["text"] and "05月04日 09:30" in appointment["text"]
+        assert appointment["idempotencyKey"] == (await db["referrals"].find_one(
+            {"_id": routine["_id"]}))["outbox"][-1]["id"] + ":patient"
+        assert "/me/referrals" in appointment["text"]
 
         # A text message may be read on a locked screen: never the patient's name, ID number or the reasons.
         national_id = resident["identifier"][0]["value"]
