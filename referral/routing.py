@@ -10,7 +10,7 @@ import functools
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from fhir_profiles.divisions import is_valid_division_code, nearness
 from fhir_profiles.valuesets import REQUEST_PRIORITY
@@ -44,6 +44,7 @@ HALF_SPEED_MINUTES = 60.0
 # it took HALF_SPEED_MINUTES.
 NEUTRAL_SPEED = 0.5
 NEARNESS_WORDS = {3: "same county", 2: "same city", 1: "same province", 0: "outside the province"}
+NEARNESS_CODES = {3: "county", 2: "city", 1: "province"}
 
 
 class UnknownOrigin(ValueError):
@@ -80,7 +81,10 @@ class ScorePart:
     weight: int  # points at full value
     value: float  # 0..1
     points: float  # weight * value, rounded to 0.01
-    reason: str
+    reason: str  # in English, for API clients and logs
+    # The same reason as a message key and its values, so a portal says it in its reader's language.
+    code: str = ""
+    values: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -200,34 +204,43 @@ def _candidate(rank: int, hospital: Hospital, service: Service, score: float, we
         _speed_value(accept_minutes.get(hospital.id)),
     )
 
+    # Each reason: (English words, message code, values for the portals' words).
     if origin.alliance is None:
-        alliance_reason = "the origin belongs to no medical alliance"
+        alliance = ("the origin belongs to no medical alliance", "alliance-none", {})
     elif values[0]:
-        alliance_reason = f"同一医联体 same medical alliance ({origin.alliance})"
+        alliance = (f"same medical alliance ({origin.alliance})", "alliance-same", {"alliance": origin.alliance})
     else:
-        alliance_reason = "not in the origin's medical alliance"
+        alliance = ("not in the origin's medical alliance", "alliance-other", {})
 
     near = round(values[1] * 3)
-    anchor = "the patient's home" if request.direction == "down" and request.patient_division else "the origin"
+    from_home = request.direction == "down" and bool(request.patient_division)
+    anchor = "the patient's home" if from_home else "the origin"
+    marks = {"anchor": "home" if from_home else "origin",
+             "homeUnknown": request.direction == "down" and not request.patient_division}
     if not home or not hospital.division:
-        near_reason = "division unknown, nearness not judged"
+        nearness = ("division unknown, nearness not judged", "near-unknown", marks)
     elif near:
-        near_reason = f"{NEARNESS_WORDS[near]} ({_place(directory, hospital.division, near)}) as {anchor}"
+        place = _place(directory, hospital.division, near)
+        nearness = (f"{NEARNESS_WORDS[near]} ({place}) as {anchor}", f"near-{NEARNESS_CODES[near]}",
+                    {**marks, "place": place})
     else:
-        near_reason = f"not in the same province as {anchor}"
-    if request.direction == "down" and not request.patient_division:
-        near_reason += " (patient's home unknown)"
+        nearness = (f"not in the same province as {anchor}", "near-outside", marks)
+    if marks["homeUnknown"]:
+        nearness = (nearness[0] + " (patient's home unknown)", nearness[1], nearness[2])
 
-    capacity_reason = f"{service.daily_capacity - used} of {service.daily_capacity} places free today"
+    free = service.daily_capacity - used
+    capacity = (f"{free} of {service.daily_capacity} places free today", "capacity",
+                {"free": free, "total": service.daily_capacity})
 
     minutes = accept_minutes.get(hospital.id)
     if minutes is None or not minutes >= 0:
-        speed_reason = "no acceptances in 30 days to judge by (counted as neutral)"
+        speed = ("no acceptances in 30 days to judge by (counted as neutral)", "speed-none", {})
     else:
-        speed_reason = f"median {minutes:.0f} min to accept over 30 days"
+        speed = (f"median {minutes:.0f} min to accept over 30 days", "speed-median", {"minutes": round(minutes)})
 
-    reasons = (alliance_reason, near_reason, capacity_reason, speed_reason)
-    parts = [ScorePart(factor=f, weight=w, value=round(v, 3), points=round(w * v, 2), reason=r)
+    reasons = (alliance, nearness, capacity, speed)
+    parts = [ScorePart(factor=f, weight=w, value=round(v, 3), points=round(w * v, 2), reason=r[0], code=r[1],
+                       values=r[2])
              for f, w, v, r in zip(FACTORS, weights, values, reasons, strict=True)]
     return Candidate(hospital=hospital.id, name=hospital.name, service=service.id, score=round(score, 2),
                      parts=parts, rank=rank)

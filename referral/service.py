@@ -22,7 +22,7 @@ from qilu.auth import Caller
 from referral.directory import DirectoryCache
 from referral.models import (ICD10_SYSTEM, MOVES, OPEN_STATUSES, PRIORITY_ORDER, WAITING_STATUSES,
                              ActionBody, ReferralBody, RouteBody)
-from referral.routing import RouteRequest, RouteResult, route_candidates
+from referral.routing import Candidate, RouteRequest, RouteResult, route_candidates
 from referral.store import ReferralStore
 
 log = structlog.get_logger("qilu.referral")
@@ -31,6 +31,13 @@ Publish = Callable[[dict[str, Any]], Awaitable[Any]]
 Mail = Callable[[list[str], str, str], Awaitable[None]]
 # (Organization or Patient references, text, idempotency key): a text message to their phones.
 Page = Callable[[list[str], str, str], Awaitable[None]]
+
+
+def routing_of(candidate: Candidate) -> dict[str, Any]:
+    """Why a referral went where it went, as the referral keeps it: the rank, the score and each part's reason (in
+    English, and as a message code with values for the portals)."""
+    return {"rank": candidate.rank, "score": candidate.score, "reasons": [p.reason for p in candidate.parts],
+            "explained": [{"code": p.code, "values": p.values} for p in candidate.parts]}
 
 
 def province_month(moment: datetime) -> str:
@@ -298,7 +305,7 @@ class ReferralService:
                                       "No hospital in the directory offers this specialty and capabilities with "
                                       "capacity left; ask with ?explain=all on the route endpoint to see why")
             chosen = result.candidates[0]
-        routing = {"rank": chosen.rank, "score": chosen.score, "reasons": [p.reason for p in chosen.parts]}
+        routing = routing_of(chosen)
         consent = await self._resource(_ref(body.consent, "Consent"), ("Consent",), "consent")
         if not self._consent_allows(consent, patient_ref, chosen.hospital, now):
             raise ReferralRefused(422, "No consent", "The patient has no active Consent to share their records "
@@ -594,8 +601,7 @@ class ReferralService:
                    "target_service": candidate.service, "tried": tried, "escalations": doc.get("escalations", 0) + 1,
                    "deadline": now + timedelta(minutes=self.rules.accept_minutes[doc["priority"]]),
                    "share": {"org": candidate.hospital, "from": None, "until": None},
-                   "routing": {"rank": candidate.rank, "score": candidate.score,
-                               "reasons": [p.reason for p in candidate.parts]}}
+                   "routing": routing_of(candidate)}
         return await self._apply(doc, changes, {**entry, "to": "requested",
                                                 "why": f"deadline passed at {doc['target_name'] or doc['target']}; "
                                                        f"sent to {candidate.name}"},

@@ -253,6 +253,8 @@ def test_down_is_measured_from_the_patients_home_not_the_origin():
     unknown = route([origin, near_home, near_origin], request("origin", direction="down", caps=(), home=None))
     assert ids(unknown) == ["pingyin", "jiaozhou"]
     assert unknown.candidates[0].parts[1].reason.endswith("(patient's home unknown)")
+    assert result.candidates[0].parts[1].values == {"anchor": "home", "homeUnknown": False, "place": "胶州市"}
+    assert unknown.candidates[0].parts[1].values["homeUnknown"] is True
 
 
 def test_up_is_measured_from_the_origin_not_the_patients_home():
@@ -285,10 +287,17 @@ def test_the_parts_explain_the_score_in_words_and_numbers():
     assert [p.factor for p in candidate.parts] == ["alliance", "nearness", "capacity", "speed"]
     assert [p.weight for p in candidate.parts] == list(WEIGHTS["routine"])
     assert [p.reason for p in candidate.parts] == [
-        "同一医联体 same medical alliance (a1)",
+        "same medical alliance (a1)",
         "same city (济南市) as the origin",
         "12 of 20 places free today",
         "median 35 min to accept over 30 days",
+    ]
+    # The same reasons as message codes and values, for the portals to say in their reader's language.
+    assert [(p.code, p.values) for p in candidate.parts] == [
+        ("alliance-same", {"alliance": "a1"}),
+        ("near-city", {"anchor": "origin", "homeUnknown": False, "place": "济南市"}),
+        ("capacity", {"free": 12, "total": 20}),
+        ("speed-median", {"minutes": 35}),
     ]
     assert candidate.parts[0].points == 40 and candidate.parts[2].value == 0.6
     # The score is ranked by unrounded; the parts shown are each rounded to 0.01.

@@ -1,7 +1,7 @@
 // The new-referral wizard: condition and specialty, the ranked hospitals with the reasons of each rank, the
 // patient's consent and the records to share; then the referral is sent once (Idempotency-Key).
 import { $, announce, api, codeOf, codeText, config, el, empty, failed, fhir, fmtDate, humanName, loading, page,
-  t } from './qilu.js';
+  routeReason, t } from './qilu.js';
 
 const ICD10 = 'http://hl7.org/fhir/sid/icd-10';
 const SPECIALTY_SYSTEM = 'https://qilu.example.org/fhir/CodeSystem/specialty';
@@ -111,8 +111,8 @@ function drawCandidates(result) {
             'data-service': c.service }),
           el('span', {}, el('strong', {}, c.name), ' ', el('span', { class: 'muted' }, t('new.rank', { n: c.rank }))),
           el('span', { class: 'score' }, t('new.score', { score: c.score }))),
-        el('ul', { class: 'reasons' }, c.parts.map((p) => el('li', {}, t('new.part', { reason: p.reason,
-          points: p.points, weight: p.weight })))));
+        el('ul', { class: 'reasons' }, c.parts.map((p) => el('li', {}, t('new.part', {
+          reason: routeReason(p.reason, p.code, p.values), points: p.points, weight: p.weight })))));
     })));
   }
   if ((result.excluded || []).length) {

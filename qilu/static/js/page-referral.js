@@ -2,7 +2,7 @@
 // what can be done next (accept, reject with a reason, schedule, arrive, complete with the discharge summary,
 // cancel, refer back), the consults about it, and the outcome. Updated live from the referral events feed.
 import { $, announce, ApiError, api, codeText, countdownText, displayOf, el, empty, failed, fhir, fmtDate, fmtDateTime,
-  humanName, liveReferrals, loading, me, page, t } from './qilu.js';
+  humanName, liveReferrals, loading, me, page, routeReason, t } from './qilu.js';
 
 const id = page.referral;
 const message = $('#action-message');
@@ -54,7 +54,9 @@ function drawOverview() {
     countdown = setInterval(tick, 1000);
   }
   if (r.routing?.reasons?.length) {
-    holder.append(el('h3', {}, t('detail.routing')), el('ul', {}, r.routing.reasons.map((x) => el('li', {}, x))));
+    const explained = r.routing.explained || [];
+    holder.append(el('h3', {}, t('detail.routing')), el('ul', { id: 'routing-reasons' }, r.routing.reasons.map((x, i) =>
+      el('li', {}, routeReason(x, explained[i]?.code, explained[i]?.values)))));
   }
 }
 

@@ -154,6 +154,14 @@ export function inReadersLanguage(text) {
   return lang === 'zh' ? parts[1] : parts[2];
 }
 
+/** One reason of a routing score in the reader's words: from its code and values when the portal knows the code,
+ *  else the English the server wrote. */
+export function routeReason(reason, code, values = {}) {
+  if (!code || !(`route.${code}` in messages)) return reason;
+  const words = t(`route.${code}`, { ...values, anchor: t(`route.anchor.${values.anchor || 'origin'}`) });
+  return values.homeUnknown ? words + t('route.home-unknown') : words;
+}
+
 export function codeText(concept) {
   if (!concept) return '';
   const coding = (concept.coding || [])[0] || {};
