@@ -95,6 +95,10 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await expect(candidates).to_have_count(2)
         await expect(candidates.first).to_have_attribute("data-hospital", world.referral.jinan)
         await expect(candidates.first.locator(".reasons li")).to_have_count(4)  # alliance, nearness, capacity, speed
+        reasons = candidates.first.locator(".reasons")
+        await expect(reasons).to_contain_text("同一医联体")  # in the reader's words, from the reasons' codes
+        await expect(reasons).to_contain_text("与转出医院同市（济南市）")
+        await expect(reasons).not_to_contain_text("same city")
         await expect(candidates.first.locator("input[type=radio]")).to_be_checked()
         await check_page(doctor, "doctor-referral-candidates")
         await doctor.click("#next2")
@@ -119,6 +123,7 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await expect(specialist.locator("#patient")).to_contain_text("接受转诊后")
         await specialist.click("#accept-button")
         await expect(specialist.locator("#referral-status")).to_have_attribute("data-status", "accepted")
+        await expect(specialist.locator("#routing-reasons")).to_contain_text("今日尚余")
         # Accepted: the records the patient consented to share are readable now.
         await expect(specialist.locator("#referral-patient")).to_have_text(world.patient_name)
         await expect(specialist.locator("#shared-list li")).to_have_count(3)
