@@ -158,6 +158,14 @@ web.add_messages({
     "detail.consult_status.in-progress": ("进行中", "in progress"),
     "detail.consult_status.finished": ("已结束", "ended"),
     "detail.opinion": ("会诊意见", "Consult opinion"),
+    # A Composition's section titles as the services write them (teleconsult.models.OPINION_SECTION).
+    "section.consult opinion": ("会诊意见", "Consult opinion"),
+    # The system's own reasons in a referral's history, by their code.
+    "why.escalated": ("{from} 未在时限内接收，已改派至 {to}", "deadline passed at {from}; sent to {to}"),
+    "why.consult-opinion": ("意见已写入病历，见“诊疗结果”", "written to the record: see the outcome"),
+    "why.consult-end-empty": ("所有人已离开", "everyone left"),
+    "why.consult-end-host": ("主持人结束了会诊", "ended by the host"),
+    "why.consult-end-hub-stopped": ("会诊服务已停止", "the media host stopped"),
     "detail.done": ("已完成：{what}", "Done: {what}"),
     "detail.history_action.create": ("发起转诊", "sent"),
     "detail.history_action.consult-opinion": ("写入会诊意见", "wrote the consult opinion"),

@@ -602,9 +602,11 @@ class ReferralService:
                    "deadline": now + timedelta(minutes=self.rules.accept_minutes[doc["priority"]]),
                    "share": {"org": candidate.hospital, "from": None, "until": None},
                    "routing": routing_of(candidate)}
+        passed_at = doc["target_name"] or doc["target"]
         return await self._apply(doc, changes, {**entry, "to": "requested",
-                                                "why": f"deadline passed at {doc['target_name'] or doc['target']}; "
-                                                       f"sent to {candidate.name}"},
+                                                "why": f"deadline passed at {passed_at}; sent to {candidate.name}",
+                                                "why_code": "escalated",
+                                                "why_values": {"from": passed_at, "to": candidate.name}},
                                  [self._event("escalated", now, [doc["origin"], doc["target"], candidate.hospital],
                                               doc["priority"], previousTarget=doc["target"])])
 

@@ -29,6 +29,8 @@ from teleconsult.models import (ENCOUNTER_STATUS, RECORDING_SHA256_SYSTEM, Consu
 from teleconsult.store import ConsultStore
 
 log = structlog.get_logger("qilu.teleconsult")
+# Why a consult ended, by code: the English words kept on the consult and in its referral's history.
+END_REASONS = {"empty": "everyone left", "host": "ended by the host", "hub-stopped": "the media host stopped"}
 
 Enqueue = Callable[[str], None]
 Kick = Callable[[], None]
@@ -221,14 +223,15 @@ class ConsultService:
         return doc
 
     async def _tell_referral(self, doc: dict[str, Any], action: str, event: str, *, by: str | None, org: str | None,
-                             why: str | None = None) -> None:
+                             why: str | None = None, why_code: str | None = None) -> None:
         """Put a step of the consult (started, live, ended) in its referral's history, and on both hospitals' live
         feed: whoever has the referral page open sees it without reloading."""
         if not doc.get("referral"):
             return
         try:
             await self.referrals.note_in_history(doc["referral"], {
-                "by": by, "org": org, "action": action, "why": why, "consult": doc["_id"]}, event=event)
+                "by": by, "org": org, "action": action, "why": why, "why_code": why_code, "consult": doc["_id"]},
+                event=event)
         except ReferralRefused as refused:
             # The consult stands (its page and the consult list show it); only the live notice is lost.
             log.warning("consult not noted on its referral", consult=doc["_id"], referral=doc["referral"],
@@ -340,7 +343,7 @@ class ConsultService:
             self._timers.pop(consult_id, None)
             doc = await self.store.get(consult_id)
             if doc is not None and doc["status"] == "live":
-                await self._end(doc, by=None, reason="everyone left")
+                await self._end(doc, by=None, reason="empty")
 
     def _peers(self, consult_id: str) -> list[dict[str, Any]]:
         return [p.public() for p in self.present(consult_id)]
@@ -385,16 +388,19 @@ class ConsultService:
                 raise ConsultRefused(403, "Host only", "Only the practitioner who holds the consult ends it")
             if doc["status"] == "ended":
                 raise ConsultRefused(409, "Consult ended", "This consult has ended already")
-            return await self._end(doc, by=caller.who, reason="ended by the host")
+            return await self._end(doc, by=caller.who, reason="host")
 
     async def _end(self, doc: dict[str, Any], *, by: str | None, reason: str) -> dict[str, Any]:
+        """End it; `reason` is one of END_REASONS."""
         consult_id, now = doc["_id"], now_utc()
         ended = await self.store.update(consult_id, {"status": "ended", "ended": now, "ended_by": by,
-                                                     "end_reason": reason}, when_status=("scheduled", "live"))
+                                                     "end_reason": END_REASONS[reason]},
+                                        when_status=("scheduled", "live"))
         if ended is None:
             raise ConsultRefused(409, "Consult ended", "This consult has ended already")
         await self._set_encounter_status(ended, "ended", now)
-        await self._tell_referral(ended, "consult-end", "consult-ended", by=by, org=None, why=reason)
+        await self._tell_referral(ended, "consult-end", "consult-ended", by=by, org=None, why=END_REASONS[reason],
+                                  why_code=f"consult-end-{reason}")
         timer = self._timers.pop(consult_id, None)
         if timer is not None and timer is not asyncio.current_task():
             timer.cancel()
@@ -432,7 +438,7 @@ class ConsultService:
                 doc = await self.store.get(consult_id)
                 if doc is not None and doc["status"] != "ended":
                     try:
-                        await self._end(doc, by=None, reason="the media host stopped")
+                        await self._end(doc, by=None, reason="hub-stopped")
                     except Exception as exc:  # noqa: BLE001 - shutting down: the other rooms must end too
                         log.warning("consult not ended at shutdown", consult=consult_id, error=str(exc))
         if self.hub is not None:
@@ -491,7 +497,8 @@ class ConsultService:
         if doc.get("referral") and self.referrals is not None:
             await self.referrals.note_in_history(doc["referral"], {
                 "by": caller.fhir_user, "org": caller.organization, "action": "consult-opinion",
-                "why": f"consult opinion {reference}", "consult": consult_id, "opinion": reference})
+                "why": f"consult opinion {reference}", "why_code": "consult-opinion", "consult": consult_id,
+                "opinion": reference})
         log.info("consult opinion written", consult=consult_id, referral=doc.get("referral"))
         return doc, reference
 

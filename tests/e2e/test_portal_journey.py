@@ -205,6 +205,12 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await expect(doctor.locator("#referral-status")).to_have_attribute("data-status", "completed")
         await expect(doctor.locator("#outcome")).to_contain_text(SUMMARY)
         await expect(doctor.locator("#outcome")).to_contain_text(OPINION)
+        # The system's own words are the reader's: no "consult opinion" heading, no English reasons in the history.
+        await expect(doctor.locator("#outcome")).not_to_contain_text("consult opinion")
+        history = doctor.locator("#history-list")
+        await expect(history.locator("li[data-action='consult-opinion']").first).to_contain_text("意见已写入病历")
+        await expect(history).not_to_contain_text("Composition/")
+        await expect(history.locator("li[data-action='consult-end']")).not_to_contain_text("everyone left")
         await check_page(doctor, "doctor-referral-outcome")
         await doctor.goto(f"{portal}/referrals/outbox")
         await doctor.select_option("#filter", "")

@@ -2,7 +2,7 @@
 // what can be done next (accept, reject with a reason, schedule, arrive, complete with the discharge summary,
 // cancel, refer back), the consults about it, and the outcome. Updated live from the referral events feed.
 import { $, announce, ApiError, api, codeText, countdownText, displayOf, el, empty, failed, fhir, fmtDate, fmtDateTime,
-  humanName, liveReferrals, loading, me, page, routeReason, t } from './qilu.js';
+  humanName, liveReferrals, loading, me, page, routeReason, t, tOr } from './qilu.js';
 
 const id = page.referral;
 const message = $('#action-message');
@@ -178,7 +178,8 @@ async function drawDocument(holder, reference, heading) {
       : [{ title: resource.description || '', text: (resource.content || []).map((c) => c.attachment?.title).join(', ') }];
     box.replaceChildren(el('h3', {}, heading || resource.title || codeText(resource.type)),
       el('p', { class: 'muted small' }, fmtDateTime(resource.date)),
-      ...parts.map((p) => el('div', {}, p.title && p.title !== heading ? el('h4', {}, p.title) : null,
+      ...parts.map((p) => ({ ...p, title: tOr(`section.${p.title}`, p.title) })).map((p) => el('div', {},
+        p.title && p.title !== heading ? el('h4', {}, p.title) : null,
         el('p', { class: 'document-text' }, p.text))));
   } catch (error) {
     failed(box, error, () => { box.remove(); drawDocument(holder, reference, heading); });
@@ -204,6 +205,11 @@ function historyWords(action) {
   return event.startsWith('referral.event.') ? action : event;
 }
 
+/** Why a step happened: the system's own reasons (they carry a code) in the reader's words, a person's as typed. */
+function whyWords(step) {
+  return step.why_code ? tOr(`why.${step.why_code}`, step.why, step.why_values || {}) : step.why;
+}
+
 function drawHistory() {
   const holder = $('#history');
   const list = el('ol', { class: 'timeline', id: 'history-list' });
@@ -211,7 +217,7 @@ function drawHistory() {
     const who = el('span', { class: 'muted' });
     if (h.by) displayOf(h.by).then((name) => { who.textContent = name; });
     list.append(el('li', { 'data-action': h.action }, el('time', { datetime: h.at }, fmtDateTime(h.at)), ' ',
-      el('strong', {}, historyWords(h.action)), ' ', who, h.why ? el('div', { class: 'small' }, h.why) : null));
+      el('strong', {}, historyWords(h.action)), ' ', who, h.why ? el('div', { class: 'small' }, whyWords(h)) : null));
   }
   holder.replaceChildren(list);
 }

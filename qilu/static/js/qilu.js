@@ -13,9 +13,9 @@ export function t(key, values = {}) {
   return text.replace(/\{(\w+)\}/g, (_, name) => (values[name] ?? `{${name}}`));
 }
 
-/** The words for `key` when there are some, else `fallback` (for codes that may have no words yet). */
-export function tOr(key, fallback) {
-  return key in messages ? t(key) : fallback;
+/** The words for `key` (with `values`) when there are some, else `fallback` (for codes that may have no words yet). */
+export function tOr(key, fallback, values = {}) {
+  return key in messages ? t(key, values) : fallback;
 }
 
 // --- calling the server -----------------------------------------------------------------------------
