@@ -24,6 +24,7 @@ from fhir_profiles.identifiers import NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SY
 from qilu.auth import TOKEN_COOKIE, Caller, TokenService
 from qilu.identity import LoginRefused
 from qilu.problems import Problem
+from referral.directory import SPECIALTY_SYSTEM
 
 log = structlog.get_logger("qilu.web")
 router = APIRouter(include_in_schema=False)
@@ -187,7 +188,7 @@ def render(request: Request, template: str, caller: Caller | None, title_key: st
         "systems": {"nationalId": NATIONAL_ID_SYSTEM, "practitionerNumber": PRACTITIONER_NUMBER_SYSTEM,
                     "capability": CAPABILITY_SYSTEM, "tier": HOSPITAL_TIER_URL, "division": DIVISION_CODE_URL,
                     "alliance": MEDICAL_ALLIANCE_URL, "capacity": REFERRAL_CAPACITY_URL,
-                    "accepting": ACCEPTING_REFERRALS_URL},
+                    "accepting": ACCEPTING_REFERRALS_URL, "specialty": SPECIALTY_SYSTEM},
         "page": page or {},
     }
     response = templates.TemplateResponse(request, template, {

@@ -124,6 +124,7 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await specialist.click("#accept-button")
         await expect(specialist.locator("#referral-status")).to_have_attribute("data-status", "accepted")
         await expect(specialist.locator("#routing-reasons")).to_contain_text("今日尚余")
+        await expect(specialist.locator("#referral-specialty")).to_contain_text("心血管内科")  # not its code
         # Accepted: the records the patient consented to share are readable now.
         await expect(specialist.locator("#referral-patient")).to_have_text(world.patient_name)
         await expect(specialist.locator("#shared-list li")).to_have_count(3)

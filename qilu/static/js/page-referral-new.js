@@ -4,7 +4,7 @@ import { $, announce, api, codeOf, codeText, config, el, empty, failed, fhir, fm
   routeReason, t } from './qilu.js';
 
 const ICD10 = 'http://hl7.org/fhir/sid/icd-10';
-const SPECIALTY_SYSTEM = 'https://qilu.example.org/fhir/CodeSystem/specialty';
+const SPECIALTY_SYSTEM = config.systems.specialty;
 const patientId = page.patient;
 const patientRef = `Patient/${patientId}`;
 const idempotencyKey = crypto.randomUUID();

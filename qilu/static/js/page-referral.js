@@ -1,8 +1,8 @@
 // One referral, as either side sees it: what was asked and why, the records the patient consented to share,
 // what can be done next (accept, reject with a reason, schedule, arrive, complete with the discharge summary,
 // cancel, refer back), the consults about it, and the outcome. Updated live from the referral events feed.
-import { $, announce, ApiError, api, codeText, countdownText, displayOf, el, empty, failed, fhir, fmtDate, fmtDateTime,
-  humanName, liveReferrals, loading, me, page, routeReason, t, tOr } from './qilu.js';
+import { $, announce, ApiError, api, codeText, config, countdownText, displayOf, el, empty, failed, fhir, fmtDate,
+  fmtDateTime, humanName, inReadersLanguage, liveReferrals, loading, me, page, routeReason, t, tOr } from './qilu.js';
 
 const id = page.referral;
 const message = $('#action-message');
@@ -36,8 +36,7 @@ function drawOverview() {
     el('dt', {}, t('list.to')), el('dd', { id: 'referral-target' }, r.targetName || r.target),
     el('dt', {}, t('detail.reason')), el('dd', {}, `${r.reason?.display || ''} ${r.reason?.code ? `(ICD-10 ${r.reason.code})`
       : ''}`),
-    el('dt', {}, t('detail.specialty')), el('dd', {}, r.specialty, r.capabilities?.length ? ` · ${r.capabilities.join(', ')}`
-      : ''),
+    el('dt', {}, t('detail.specialty')), specialtyOf(r),
     el('dt', {}, t('detail.created')), el('dd', {}, fmtDateTime(r.created)),
     ['requested', 'received'].includes(r.status) && r.deadline ? [el('dt', {}, t('detail.deadline')), deadline] : null,
     r.scheduledStart ? [el('dt', {}, t('detail.scheduled')), el('dd', {}, fmtDateTime(r.scheduledStart))] : null,
@@ -208,6 +207,28 @@ function historyWords(action) {
 /** Why a step happened: the system's own reasons (they carry a code) in the reader's words, a person's as typed. */
 function whyWords(step) {
   return step.why_code ? tOr(`why.${step.why_code}`, step.why, step.why_values || {}) : step.why;
+}
+
+/** The specialty and capabilities asked for, in the words of the receiving department's own codings. */
+function specialtyOf(r) {
+  const node = el('dd', { id: 'referral-specialty' }, r.specialty,
+    r.capabilities?.length ? ` · ${r.capabilities.join(', ')}` : '');
+  if (r.targetService) {
+    fhir.readRef(`HealthcareService/${r.targetService}`).then((service) => {
+      const words = new Map();
+      for (const concept of [...(service.specialty || []), ...(service.characteristic || [])]) {
+        for (const c of concept.coding || []) {
+          if ([config.systems.specialty, config.systems.capability].includes(c.system) && c.display) {
+            words.set(c.code, inReadersLanguage(c.display));
+          }
+        }
+      }
+      const capabilities = (r.capabilities || []).map((c) => words.get(c) || c);
+      node.textContent = (words.get(r.specialty) || r.specialty) + (capabilities.length ? ` · ${capabilities.join('、')}`
+        : '');
+    }).catch(() => null); // the codes stay: still true, only less friendly
+  }
+  return node;
 }
 
 function drawHistory() {
