@@ -179,6 +179,8 @@ web.add_messages({
     "my.none": ("您还没有转诊记录。", "You have no referrals."),
     "my.consults_none": ("您还没有远程会诊。", "You have no remote consults."),
     "my.join": ("加入会诊", "Join the consult"),
+    "my.address": ("地址", "Address"),
+    "my.phone": ("电话", "Phone"),
     "admin.title": ("转诊统计", "Referral dashboard"),
     "admin.flows": ("每月转诊量（按方向）", "Referrals per month, up and down"),
     "admin.flows_city": ("各市转诊量", "Referrals by city"),

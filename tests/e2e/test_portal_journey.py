@@ -245,6 +245,10 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         mine = patient.locator(f"li[data-referral='{referral_id}']")
         await expect(mine).to_contain_text("已完成")
         await expect(mine).to_contain_text(SUMMARY)
+        # Where the hospital is and a number to tap on the phone.
+        await expect(mine.locator(".contact")).to_contain_text("山东省济南市历下区")
+        await expect(mine.locator(".contact a.phone")).to_have_attribute("href", "tel:053168780000")
+        await expect(mine).not_to_contain_text("Discharge summary")  # the title in the reader's language only
         await check_page(patient, "patient-referrals")
         await patient.goto(f"{portal}/me/card")
         qr = patient.locator("#card-qr")

@@ -57,7 +57,7 @@ def _org(name: str, level: int, grade: str, division: str, alliance: str, email:
          city: str, district: str) -> dict[str, Any]:
     return organization(name=name, active=True, extension=[
         hospital_tier_extension(level, grade), division_code_extension(division), medical_alliance_extension(alliance)],
-        telecom=[{"system": "email", "value": email}],
+        telecom=[{"system": "email", "value": email}, {"system": "phone", "value": "0531-6878 0000"}],
         address=[{k: v for k, v in {"state": "山东省", "city": city, "district": district}.items() if v}])
 
 

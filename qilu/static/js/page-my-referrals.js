@@ -1,5 +1,6 @@
 // The patient's referrals (where they go, how far they are, the discharge summary) and remote consults.
-import { $, api, codeText, el, empty, failed, fhir, fmtDateTime, liveReferrals, loading, t } from './qilu.js';
+import { $, api, codeText, el, empty, failed, fhir, fmtDateTime, inReadersLanguage, liveReferrals, loading,
+  t } from './qilu.js';
 
 function statusWords(r) {
   const words = t(`referral.status.${r.status}`);
@@ -11,9 +12,29 @@ async function outcomeOf(reference, holder) {
     const doc = await fhir.readRef(reference);
     const text = (doc.section || []).map((s) => new DOMParser().parseFromString(s.text?.div || '', 'text/html')
       .body.textContent.trim()).join('\n');
-    holder.replaceChildren(el('h4', {}, doc.title || codeText(doc.type)), el('p', { class: 'document-text' }, text));
+    holder.replaceChildren(el('h4', {}, inReadersLanguage(doc.title) || codeText(doc.type)),
+      el('p', { class: 'document-text' }, text));
   } catch (error) {
     failed(holder, error);
+  }
+}
+
+/** Where the receiving hospital is and how to call it, from its directory entry: what a patient needs to get there. */
+async function contactOf(reference, holder) {
+  try {
+    const org = await fhir.readRef(reference);
+    const address = (org.address || [])[0];
+    const where = address ? address.text || [address.state, address.city, address.district, ...(address.line || [])]
+      .filter(Boolean).join('') : '';
+    const phone = (org.telecom || []).find((c) => c.system === 'phone' && c.value)?.value;
+    holder.replaceChildren(...[
+      where ? el('span', {}, `${t('my.address')}：${where}`) : null,
+      where && phone ? ' · ' : null,
+      phone ? el('a', { href: `tel:${phone.replace(/[^0-9+]/g, '')}`, class: 'phone' }, `${t('my.phone')}：${phone}`)
+        : null,
+    ].filter(Boolean));
+  } catch {
+    holder.remove(); // only the hospital's name then, as before
   }
 }
 
@@ -30,8 +51,11 @@ async function loadReferrals() {
     holder.replaceChildren(el('ul', { class: 'plain', id: 'my-referral-list' }, found.entries.map((r) => {
       const outcome = el('div');
       if (r.outcome) outcomeOf(r.outcome, outcome);
+      const contact = el('p', { class: 'small contact' });
+      contactOf(r.target, contact);
       return el('li', { class: 'card', 'data-referral': r.id },
         el('h3', {}, `${t(`referral.direction.${r.direction}`)}：${r.targetName || r.target}`),
+        contact,
         el('p', {}, el('span', { class: `status ${r.status}` }, statusWords(r)), ' · ', r.reason?.display || ''),
         el('p', { class: 'muted small' }, `${t('list.from')}：${r.originName || r.origin} · ${fmtDateTime(r.created)}`),
         r.scheduledStart ? el('p', {}, `${t('detail.scheduled')}：${fmtDateTime(r.scheduledStart)}`) : null,

@@ -175,7 +175,7 @@ async function drawDocument(holder, reference, heading) {
     const resource = await fhir.readRef(reference);
     const parts = resource.resourceType === 'Composition' ? compositionText(resource)
       : [{ title: resource.description || '', text: (resource.content || []).map((c) => c.attachment?.title).join(', ') }];
-    box.replaceChildren(el('h3', {}, heading || resource.title || codeText(resource.type)),
+    box.replaceChildren(el('h3', {}, heading || inReadersLanguage(resource.title) || codeText(resource.type)),
       el('p', { class: 'muted small' }, fmtDateTime(resource.date)),
       ...parts.map((p) => ({ ...p, title: tOr(`section.${p.title}`, p.title) })).map((p) => el('div', {},
         p.title && p.title !== heading ? el('h4', {}, p.title) : null,
