@@ -101,7 +101,13 @@ class Candidate:
 class Exclusion:
     hospital: str
     name: str
-    reasons: list[str]
+    reasons: list[str]  # in English
+    # The same reasons as message codes and values, for the portals (as ScorePart's).
+    explained: list[dict[str, Any]] = field(default_factory=list)
+
+
+# A reason as routing gives it: (English words, message code, values for the portals' words).
+Reason = tuple[str, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -246,13 +252,15 @@ def _candidate(rank: int, hospital: Hospital, service: Service, score: float, we
                      parts=parts, rank=rank)
 
 
-def _service_reasons(service: Service, required: frozenset[str], load: Mapping[str, int]) -> list[str]:
-    reasons = [f"lacks capability {code}" for code in sorted(required - service.capabilities)]
+def _service_reasons(service: Service, required: frozenset[str], load: Mapping[str, int]) -> list[Reason]:
+    reasons: list[Reason] = [(f"lacks capability {code}", "lacks-capability", {"capability": code})
+                             for code in sorted(required - service.capabilities)]
     if not service.accepting:
-        reasons.append("not accepting referrals")
+        reasons.append(("not accepting referrals", "not-accepting", {}))
     used = max(0, load.get(service.id, 0))
     if used >= service.daily_capacity:
-        reasons.append(f"no capacity left today ({used}/{service.daily_capacity})")
+        reasons.append((f"no capacity left today ({used}/{service.daily_capacity})", "no-capacity",
+                        {"used": used, "total": service.daily_capacity}))
     return reasons
 
 
@@ -261,8 +269,8 @@ def _exclusions(request: RouteRequest, directory: Directory, origin: Hospital, l
     """Why each hospital that is not a candidate is not one (every reason that applies)."""
     levels = _target_levels(request.direction, origin.level)
     relation = "above" if request.direction == "up" else "below"
-    tier_reasons: dict[int, str] = {}  # written once per tier, not once per hospital
-    not_offered = f"does not offer {request.specialty}"
+    tier_reasons: dict[int, Reason] = {}  # written once per tier, not once per hospital
+    not_offered: Reason = (f"does not offer {request.specialty}", "not-offered", {"specialty": request.specialty})
     offered: dict[str, list[Service]] = {}
     for pairs in directory.by_specialty.get(request.specialty, {}).values():
         for hospital, service in pairs:
@@ -271,16 +279,17 @@ def _exclusions(request: RouteRequest, directory: Directory, origin: Hospital, l
     for hospital in directory.hospitals.values():  # in id order (Directory.build sorts)
         if hospital.id in eligible:
             continue
-        reasons: list[str] = []
+        reasons: list[Reason] = []
         if hospital.id == origin.id:
-            reasons.append("is the referring hospital itself")
+            reasons.append(("is the referring hospital itself", "is-origin", {}))
         if hospital.id in request.exclude:
-            reasons.append("already tried")
+            reasons.append(("already tried", "already-tried", {}))
         if hospital.level not in levels:
             reason = tier_reasons.get(hospital.level)
             if reason is None:
                 reason = tier_reasons[hospital.level] = (
-                    f"tier {hospital.level} is not {relation} the origin's tier {origin.level}")
+                    f"tier {hospital.level} is not {relation} the origin's tier {origin.level}", f"tier-not-{relation}",
+                    {"tier": hospital.level, "originTier": origin.level})
             reasons.append(reason)
         services = offered.get(hospital.id)
         if services is None:
@@ -288,5 +297,6 @@ def _exclusions(request: RouteRequest, directory: Directory, origin: Hospital, l
         else:
             # The department that comes closest speaks for the hospital.
             reasons += min((_service_reasons(s, request.capabilities, load) for s in services), key=len)
-        out.append(Exclusion(hospital=hospital.id, name=hospital.name, reasons=reasons))
+        out.append(Exclusion(hospital=hospital.id, name=hospital.name, reasons=[r[0] for r in reasons],
+                             explained=[{"code": r[1], "values": r[2]} for r in reasons]))
     return out

@@ -99,6 +99,9 @@ async def test_referral_consult_and_discharge_journey(browser: Browser, portal: 
         await expect(reasons).to_contain_text("同一医联体")  # in the reader's words, from the reasons' codes
         await expect(reasons).to_contain_text("与转出医院同市（济南市）")
         await expect(reasons).not_to_contain_text("same city")
+        excluded = doctor.locator("#candidates details")  # why the others are not offered, in the same words
+        await expect(excluded).to_contain_text("即转出医院本身")
+        await expect(excluded).not_to_contain_text("referring hospital")
         await expect(candidates.first.locator("input[type=radio]")).to_be_checked()
         await check_page(doctor, "doctor-referral-candidates")
         await doctor.click("#next2")

@@ -172,6 +172,15 @@ def test_explain_all_gives_every_reason_that_applies():
     assert reasons(result)["bad"] == ["already tried", "tier 2 is not above the origin's tier 2",
                                       "lacks capability pci", "not accepting referrals",
                                       "no capacity left today (25/20)"]
+    # ...and the same as codes and values, for the portals to word.
+    (bad_explained,) = [e.explained for e in result.excluded if e.hospital == "Organization/bad"]
+    assert bad_explained == [
+        {"code": "already-tried", "values": {}},
+        {"code": "tier-not-above", "values": {"tier": 2, "originTier": 2}},
+        {"code": "lacks-capability", "values": {"capability": "pci"}},
+        {"code": "not-accepting", "values": {}},
+        {"code": "no-capacity", "values": {"used": 25, "total": 20}},
+    ]
     # Everyone is either a candidate or explained, once.
     assert {c.hospital for c in result.candidates} | {e.hospital for e in result.excluded} == {
         "Organization/county", "Organization/bad", "Organization/ok"}

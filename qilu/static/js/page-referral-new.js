@@ -68,10 +68,13 @@ async function loadStep1() {
   }
 }
 
+// Capability codes -> their words, as the departments of the chosen specialty name them (for the reasons too).
+let capabilities = new Map();
+
 function drawCapabilities() {
   const code = $('#specialty').value;
   const list = $('#capability-list');
-  const capabilities = new Map();
+  capabilities = new Map();
   for (const s of services) {
     if (!specialtiesOf(s).some((sp) => sp.code === code)) continue;
     for (const ch of s.characteristic || []) {
@@ -117,7 +120,12 @@ function drawCandidates(result) {
   }
   if ((result.excluded || []).length) {
     holder.append(el('details', {}, el('summary', {}, t('new.excluded')),
-      el('ul', {}, result.excluded.map((x) => el('li', {}, `${x.name}: ${x.reasons.join('; ')}`)))));
+      el('ul', {}, result.excluded.map((x) => el('li', {}, `${x.name}：${x.reasons.map((reason, i) => {
+        const { code, values = {} } = (x.explained || [])[i] || {};
+        const named = values.capability ? { ...values, capability: capabilities.get(values.capability)
+          || values.capability } : values;
+        return routeReason(reason, code, named);
+      }).join('；')}`)))));
   }
 }
 
