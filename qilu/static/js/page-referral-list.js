@@ -78,7 +78,21 @@ setInterval(() => {
 
 $('#filter').addEventListener('change', load);
 
+// A specialist keeps the inbox in a background tab: its title counts what arrived unseen ("(2) 转入的转诊").
+const title = document.title;
+let unseen = 0;
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible') {
+    unseen = 0;
+    document.title = title;
+  }
+});
+
 liveReferrals(async (event) => {
+  if (document.visibilityState === 'hidden') {
+    unseen += 1;
+    document.title = `(${unseen}) ${title}`;
+  }
   fresh = new Set([event.referral]);
   await load();
   const what = t(`referral.event.${event.type}`);
