@@ -12,7 +12,7 @@ import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,6 @@ PATIENTS_PER_EVENT = 500
 UNDER_WAY = ("accepted", "running")
 
 
-def refused(status: int, code: str, diagnostics: str) -> RecordError:
-    return RecordError.single(status, code, diagnostics)
-
-
 @dataclass(frozen=True)
 class ExportRequest:
     types: tuple[str, ...]
@@ -59,22 +55,23 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str) -> ExportRe
     """Check a kick-off as the Bulk Data spec asks: `Prefer: respond-async`, NDJSON, known types, a valid _since.
     Unknown parameters are refused rather than ignored: an export that silently widens is worse than none."""
     if "respond-async" not in [part.strip().lower() for part in prefer.split(",")]:
-        raise refused(400, "required", "A bulk export runs in the background: send 'Prefer: respond-async'")
+        raise RecordError.single(400, "required", "A bulk export runs in the background: send 'Prefer: respond-async'")
     unknown = sorted({name for name, _ in params} - KNOWN_PARAMETERS)
     if unknown:
-        raise refused(400, "not-supported", f"Parameter(s) not supported by $export here: {', '.join(unknown)}")
+        raise RecordError.single(400, "not-supported",
+                                 f"Parameter(s) not supported by $export here: {', '.join(unknown)}")
     values: dict[str, list[str]] = {}
     for name, value in params:
         values.setdefault(name, []).append(value)
     output_format = (values.get("_outputFormat") or [NDJSON])[-1]
     if output_format not in OUTPUT_FORMATS:
-        raise refused(400, "not-supported", f"_outputFormat {output_format!r}: only {NDJSON} is made")
+        raise RecordError.single(400, "not-supported", f"_outputFormat {output_format!r}: only {NDJSON} is made")
     types: list[str] = []
     for value in values.get("_type", []):
         for name in (part.strip() for part in value.split(",")):
             if name not in EXPORT_TYPES:
-                raise refused(400, "not-supported", f"_type {name!r} is not exported; choose among "
-                                                    f"{', '.join(EXPORT_TYPES)}")
+                raise RecordError.single(400, "not-supported", f"_type {name!r} is not exported; choose among "
+                                                               f"{', '.join(EXPORT_TYPES)}")
             if name not in types:
                 types.append(name)
     since = None
@@ -82,12 +79,8 @@ def parse_export_request(params: list[tuple[str, str]], prefer: str) -> ExportRe
         try:
             since = parse_instant(values["_since"][-1])
         except SearchValueError as exc:
-            raise refused(400, "invalid", f"_since: {exc}") from None
+            raise RecordError.single(400, "invalid", f"_since: {exc}") from None
     return ExportRequest(tuple(types) or EXPORT_TYPES, since)
-
-
-def _instant(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 class BulkExports:
@@ -103,8 +96,8 @@ class BulkExports:
 
     async def start(self, caller: Caller, request: ExportRequest, request_url: str) -> dict[str, Any]:
         if caller.role not in ("practitioner", "patient"):
-            raise refused(403, "forbidden", "Administrators manage users and the directory and export no "
-                                            "clinical data")
+            raise RecordError.single(403, "forbidden", "Administrators manage users and the directory and export "
+                                                       "no clinical data")
         if await self.jobs.count_documents({"user": caller.user_id, "status": {"$in": list(UNDER_WAY)}}) \
                 >= MAX_OPEN_EXPORTS:
             raise RecordError.single(429, "throttled", f"You have {MAX_OPEN_EXPORTS} exports under way; wait for "
@@ -120,15 +113,15 @@ class BulkExports:
         """The job, if it is this caller's; anyone else's reads as unknown."""
         job = await self.jobs.find_one({"_id": job_id, "user": caller.user_id})
         if job is None or job["status"] == "cancelled":
-            raise refused(404, "not-found", f"No export {job_id} of yours")
+            raise RecordError.single(404, "not-found", f"No export {job_id} of yours")
         return job
 
     def manifest(self, job: dict[str, Any], base_url: str) -> dict[str, Any]:
-        return {"transactionTime": fhir_instant(_instant(job["created"])), "request": job["request"],
+        return {"transactionTime": fhir_instant(job["created"]), "request": job["request"],
                 "requiresAccessToken": True,
                 "output": [{"type": o["type"], "url": f"{base_url}/$export-file/{job['_id']}/{o['type']}.ndjson",
                             "count": o["count"]} for o in job["output"]],
-                "error": [], "extension": {"expires": fhir_instant(_instant(job["expires"]))}}
+                "error": [], "extension": {"expires": fhir_instant(job["expires"])}}
 
     async def file_of(self, caller: Caller, job_id: str, name: str) -> Path:
         job = await self.of_caller(caller, job_id)
@@ -136,7 +129,7 @@ class BulkExports:
         path = self._path(job_id, resource_type)
         if job["status"] != "complete" or resource_type not in {o["type"] for o in job["output"]} \
                 or not path.is_file():
-            raise refused(404, "not-found", f"Export {job_id} has no file {name}")
+            raise RecordError.single(404, "not-found", f"Export {job_id} has no file {name}")
         return path
 
     async def cancel(self, caller: Caller, job_id: str) -> None:
