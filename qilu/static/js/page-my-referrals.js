@@ -1,6 +1,6 @@
 // The patient's referrals (where they go, how far they are, the discharge summary) and remote consults.
 import { $, api, codeText, el, empty, failed, fhir, fmtDateTime, inReadersLanguage, liveReferrals, loading,
-  t } from './qilu.js';
+  readOnce, t } from './qilu.js';
 
 function statusWords(r) {
   const words = t(`referral.status.${r.status}`);
@@ -22,7 +22,7 @@ async function outcomeOf(reference, holder) {
 /** Where the receiving hospital is and how to call it, from its directory entry: what a patient needs to get there. */
 async function contactOf(reference, holder) {
   try {
-    const org = await fhir.readRef(reference);
+    const org = await readOnce(reference);
     const address = (org.address || [])[0];
     const where = address ? address.text || [address.state, address.city, address.district, ...(address.line || [])]
       .filter(Boolean).join('') : '';

@@ -2,7 +2,8 @@
 // what can be done next (accept, reject with a reason, schedule, arrive, complete with the discharge summary,
 // cancel, refer back), the consults about it, and the outcome. Updated live from the referral events feed.
 import { $, announce, ApiError, api, codeText, config, countdownText, displayOf, el, empty, failed, fhir, fmtDate,
-  fmtDateTime, humanName, inReadersLanguage, liveReferrals, loading, me, page, routeReason, t, tOr } from './qilu.js';
+  fmtDateTime, humanName, inReadersLanguage, liveReferrals, loading, me, page, readOnce, routeReason, t,
+  tOr } from './qilu.js';
 
 const id = page.referral;
 const message = $('#action-message');
@@ -214,7 +215,7 @@ function specialtyOf(r) {
   const node = el('dd', { id: 'referral-specialty' }, r.specialty,
     r.capabilities?.length ? ` · ${r.capabilities.join(', ')}` : '');
   if (r.targetService) {
-    fhir.readRef(`HealthcareService/${r.targetService}`).then((service) => {
+    readOnce(`HealthcareService/${r.targetService}`).then((service) => {
       const words = new Map();
       for (const concept of [...(service.specialty || []), ...(service.characteristic || [])]) {
         for (const c of concept.coding || []) {

@@ -128,18 +128,24 @@ export const fhir = {
   }),
 };
 
-// Names of directory entries (hospitals, doctors) read once per page.
-const names = new Map();
+// Directory entries (hospitals, departments, doctors) read once per page, however often a page redraws.
+const entries = new Map();
+export function readOnce(reference) {
+  if (!entries.has(reference)) {
+    const reading = fhir.readRef(reference);
+    reading.catch(() => entries.delete(reference)); // a failed read is tried again next time
+    entries.set(reference, reading);
+  }
+  return entries.get(reference);
+}
+
 export function displayOf(reference) {
   if (!reference) return Promise.resolve('');
-  if (!names.has(reference)) {
-    names.set(reference, fhir.readRef(reference).then((r) => {
-      if (r.resourceType === 'PractitionerRole') return r.practitioner?.display || reference;
-      if (r.resourceType === 'Patient' || r.resourceType === 'Practitioner') return humanName(r);
-      return r.name || reference;
-    }).catch(() => reference));
-  }
-  return names.get(reference);
+  return readOnce(reference).then((r) => {
+    if (r.resourceType === 'PractitionerRole') return r.practitioner?.display || reference;
+    if (r.resourceType === 'Patient' || r.resourceType === 'Practitioner') return humanName(r);
+    return r.name || reference;
+  }).catch(() => reference);
 }
 
 // --- words for FHIR values ------------------------------------------------------------------------------
