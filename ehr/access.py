@@ -1,15 +1,20 @@
-"""Who may read and write which part of the record: the access rules applied to every FHIR interaction.
+"""The one access policy: for a caller, an action and the patients it concerns, allow, hide (404) or refuse (403).
 
-- A patient reads only their own compartment and writes nothing clinical.
-- A practitioner reads and writes the patients their organization manages (`managingOrganization`), and
-  reads the patients shared with their organization (the referral part supplies that check).
-- An administrator manages the directory, reads the audit trail, and reads no clinical data.
-A read the caller may not make is answered as if the record did not exist (404): no hint it exists.
+Every path to patient data asks it: the FHIR API (each Bundle entry as if sent alone), cards, referrals,
+consults and the pages. Its rules are the tables `RULES` (actions about a patient, by the caller's
+relation to that patient) and `ROLE_RULES` (actions the role alone decides); the README's "who sees what"
+table is rendered from them (`who_sees_what`) and a test keeps the two equal. A `Reach` is one caller's
+view through the policy; the record handle a request gets is bound to it, and only the system's own jobs
+(`caller=None`) hold a record without one.
+
+A refusal never tells what exists: a patient outside the caller's reach is answered as if missing, and
+whatever the role alone decides is decided before any lookup.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ehr.models import RecordError
@@ -19,6 +24,9 @@ from qilu.auth import Caller
 # The directory everybody may read and only administrators edit; the rest is clinical.
 DIRECTORY_TYPES = frozenset({"Organization", "Practitioner", "PractitionerRole", "Location", "HealthcareService"})
 AUDIT_TYPE = "AuditEvent"
+# Clinical types that may name no patient (a meeting of practitioners; the provenance of a directory entry).
+# Every other clinical resource must belong to a patient, or nobody's record would hold it.
+MAY_NAME_NO_PATIENT = frozenset({"Appointment", "Provenance"})
 
 # (organization reference) -> ids of the patients shared with it through an active referral and Consent.
 SharedPatients = Callable[[str], Awaitable[set[str]]]
@@ -28,13 +36,141 @@ async def nobody_shared(_organization: str) -> set[str]:
     return set()
 
 
-def refused(rule: str) -> RecordError:
-    return RecordError.single(403, "forbidden", rule)
+# --- the rules ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Decision:
+    """allow, hide (answer as if missing: 404) or refuse (403 naming `rule`)."""
+
+    outcome: str
+    rule: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome == "allow"
+
+
+ALLOW = Decision("allow")
+HIDE = Decision("hide")
+
+
+def refuse(rule: str) -> Decision:
+    return Decision("refuse", rule)
+
+
+NO_CLINICAL = "Administrators manage users and the directory and read no clinical data"
+PATIENT_WRITES_NOTHING = "Patients read their records and write nothing clinical"
+WRITE_MANAGED = "A practitioner writes only the records of patients their organization manages"
+TRANSFER_ONLY = ("A patient moves to another hospital only by Patient/{id}/$transfer, done by the managing "
+                 "hospital or an administrator, never by an ordinary update")
+DIRECTORY_EDIT = "Only administrators edit the directory of hospitals and practitioners"
+AUDIT_READ = ("The audit trail is read by administrators; a patient sees who accessed their records at "
+              "/api/me/access-log")
+AUDIT_WRITE = "The audit trail is written by the server only"
+
+# How a caller stands to one patient.
+SELF, OTHER_PATIENT, MANAGING, SHARED, UNRELATED, ADMIN = (
+    "self", "other-patient", "managing", "shared", "unrelated", "admin")
+RELATIONS = (SELF, OTHER_PATIENT, MANAGING, SHARED, UNRELATED, ADMIN)
+RELATION_WORDS = {SELF: "the patient", OTHER_PATIENT: "another patient", MANAGING: "managing hospital",
+                  SHARED: "shared hospital", UNRELATED: "other hospital", ADMIN: "administrator"}
+
+# Actions about one patient: action -> relation -> decision. `read` covers read, vread, history, searches,
+# _include/_revinclude and $everything; `create` a new resource in the patient's record; `write` an update
+# or delete of one that exists (hidden from who may not read it).
+RULES: dict[str, dict[str, Decision]] = {
+    "read": {SELF: ALLOW, OTHER_PATIENT: HIDE, MANAGING: ALLOW, SHARED: ALLOW, UNRELATED: HIDE,
+             ADMIN: refuse(NO_CLINICAL)},
+    "create": {SELF: refuse(PATIENT_WRITES_NOTHING), OTHER_PATIENT: refuse(PATIENT_WRITES_NOTHING),
+               MANAGING: ALLOW, SHARED: refuse(WRITE_MANAGED), UNRELATED: refuse(WRITE_MANAGED),
+               ADMIN: refuse(NO_CLINICAL)},
+    "write": {SELF: refuse(PATIENT_WRITES_NOTHING), OTHER_PATIENT: refuse(PATIENT_WRITES_NOTHING),
+              MANAGING: ALLOW, SHARED: refuse(WRITE_MANAGED), UNRELATED: HIDE, ADMIN: refuse(NO_CLINICAL)},
+    "transfer": {SELF: refuse(PATIENT_WRITES_NOTHING), OTHER_PATIENT: refuse(PATIENT_WRITES_NOTHING),
+                 MANAGING: ALLOW, SHARED: refuse(TRANSFER_ONLY), UNRELATED: HIDE, ADMIN: ALLOW},
+    # The card: its holder and the hospital that manages them; nobody else learns it exists.
+    "card": {SELF: ALLOW, OTHER_PATIENT: HIDE, MANAGING: ALLOW, SHARED: HIDE, UNRELATED: HIDE, ADMIN: HIDE},
+    # The card's QR code is shown by its holder only.
+    "card-qr": {SELF: ALLOW, OTHER_PATIENT: HIDE, MANAGING: HIDE, SHARED: HIDE, UNRELATED: HIDE, ADMIN: HIDE},
+    # Referring up is the managing hospital's; referring back down or onwards, whoever the patient is shared with.
+    "refer-up": {SELF: refuse(PATIENT_WRITES_NOTHING), OTHER_PATIENT: refuse(PATIENT_WRITES_NOTHING),
+                 MANAGING: ALLOW, SHARED: refuse(WRITE_MANAGED), UNRELATED: HIDE, ADMIN: refuse(NO_CLINICAL)},
+    "refer": {SELF: refuse(PATIENT_WRITES_NOTHING), OTHER_PATIENT: refuse(PATIENT_WRITES_NOTHING),
+              MANAGING: ALLOW, SHARED: ALLOW, UNRELATED: HIDE, ADMIN: refuse(NO_CLINICAL)},
+    "consult": {SELF: HIDE, OTHER_PATIENT: HIDE, MANAGING: ALLOW, SHARED: ALLOW, UNRELATED: HIDE,
+                ADMIN: refuse(NO_CLINICAL)},
+}
+
+# Actions the role alone decides: action -> role -> decision.
+ROLES = ("patient", "practitioner", "admin")
+ROLE_RULES: dict[str, dict[str, Decision]] = {
+    "directory-read": {"patient": ALLOW, "practitioner": ALLOW, "admin": ALLOW},
+    "directory-write": {"patient": refuse(DIRECTORY_EDIT), "practitioner": refuse(DIRECTORY_EDIT), "admin": ALLOW},
+    "clinical-read": {"patient": ALLOW, "practitioner": ALLOW, "admin": refuse(NO_CLINICAL)},
+    "clinical-write": {"patient": refuse(PATIENT_WRITES_NOTHING), "practitioner": ALLOW,
+                       "admin": refuse(NO_CLINICAL)},
+    "audit-read": {"patient": refuse(AUDIT_READ), "practitioner": refuse(AUDIT_READ), "admin": ALLOW},
+    "audit-write": {"patient": refuse(AUDIT_WRITE), "practitioner": refuse(AUDIT_WRITE), "admin": refuse(AUDIT_WRITE)},
+    "card-verify": {"patient": refuse("A card is verified by a hospital's practitioner"), "practitioner": ALLOW,
+                    "admin": refuse("A card is verified by a hospital's practitioner")},
+    "access-log": {"patient": ALLOW, "practitioner": refuse("The access log is the patient's own"),
+                   "admin": refuse("The access log is the patient's own")},
+    "transfer": {"patient": refuse(PATIENT_WRITES_NOTHING), "practitioner": ALLOW, "admin": ALLOW},
+    "users": {"patient": refuse("Users are managed by administrators"),
+              "practitioner": refuse("Users are managed by administrators"), "admin": ALLOW},
+}
+
+
+def decide(action: str, relation: str) -> Decision:
+    return RULES[action][relation]
+
+
+def decide_by_role(action: str, role: str) -> Decision:
+    return ROLE_RULES[action].get(role, refuse("Unknown role"))
 
 
 def hidden(resource_type: str, resource_id: str) -> RecordError:
     # Word for word what a read of a missing record answers.
     return RecordError.single(404, "not-found", f"{resource_type}/{resource_id} is not known")
+
+
+def refused(rule: str) -> RecordError:
+    return RecordError.single(403, "forbidden", rule)
+
+
+def enforce(decision: Decision, resource_type: str, resource_id: str) -> None:
+    """Turn a refusing decision into the FHIR answer: 404 as if missing, or 403 naming the rule."""
+    if decision.outcome == "hide":
+        raise hidden(resource_type, resource_id)
+    if decision.outcome == "refuse":
+        raise refused(decision.rule)
+
+
+def type_action(resource_type: str, *, writing: bool) -> str:
+    """The role-level action an interaction of this type is, before any patient is looked at."""
+    if resource_type in DIRECTORY_TYPES:
+        return "directory-write" if writing else "directory-read"
+    if resource_type == AUDIT_TYPE:
+        return "audit-write" if writing else "audit-read"
+    return "clinical-write" if writing else "clinical-read"
+
+
+def who_sees_what() -> str:
+    """The README's table, rendered from the rules."""
+    words = {"allow": "yes", "hide": "as if missing (404)"}
+    lines = ["| action | " + " | ".join(RELATION_WORDS[r] for r in RELATIONS) + " |",
+             "|---" * (len(RELATIONS) + 1) + "|"]
+    for action, row in RULES.items():
+        cells = [words.get(row[r].outcome, "refused (403)") for r in RELATIONS]
+        lines.append(f"| {action} | " + " | ".join(cells) + " |")
+    lines += ["", "| action | " + " | ".join(ROLES) + " |", "|---" * (len(ROLES) + 1) + "|"]
+    for action, by_role in ROLE_RULES.items():
+        cells = [words.get(by_role[r].outcome, "refused (403)") for r in ROLES]
+        lines.append(f"| {action} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- one caller's reach ----------------------------------------------------------------------------
 
 
 class Reach:
@@ -45,13 +181,28 @@ class Reach:
         self.store = store
         self.shared_patients = shared_patients
         self._managed: set[str] | None = None
-        self._registered: set[str] = set()  # patients this request registers at the caller's organization
+        self._registered: set[str] = set()  # patients this request registers (new ids) at the caller's hospital
         self._readable: set[str] | None = None
         self._shared: set[str] | None = None
 
     @property
     def is_system(self) -> bool:
         return self.caller is None
+
+    # --- by role, before any lookup ---
+
+    def check_role(self, action: str) -> None:
+        """Refuse what the caller's role may never do; run before any lookup, so it says nothing of what exists."""
+        if self.is_system:
+            return
+        decision = decide_by_role(action, self.caller.role)
+        if not decision.allowed:
+            raise refused(decision.rule)
+
+    def check_type(self, resource_type: str, *, writing: bool = False) -> None:
+        self.check_role(type_action(resource_type, writing=writing))
+
+    # --- relations to patients ---
 
     async def managed_patients(self) -> set[str]:
         """Ids of the patients the practitioner's organization manages (computed once per request)."""
@@ -64,8 +215,9 @@ class Reach:
         return self._managed | self._registered
 
     def count_as_managed(self, patient_id: str, resource: dict[str, Any]) -> None:
-        """A Patient this request registers at the practitioner's organization is theirs for the rest of the
-        request, so a Bundle's other entries may be about it (a refused write of it undoes a transaction)."""
+        """A Patient this request registers under a new id at the practitioner's organization is theirs for the
+        rest of the request, so a Bundle's other entries may be about it. Only ever consulted for ids that no
+        stored Patient holds: an existing Patient's own document always decides who manages it."""
         organization = (resource.get("managingOrganization") or {}).get("reference")
         if self.caller is not None and self.caller.role == "practitioner" and organization == self.caller.organization:
             self._registered.add(patient_id)
@@ -80,50 +232,73 @@ class Reach:
     async def readable_patients(self) -> set[str]:
         """Every patient the caller may read; searches need the whole list, single reads use `readable_among`."""
         if self._readable is None:
-            caller = self.caller
-            if caller.role == "patient":
-                self._readable = {caller.patient_id} if caller.patient_id else set()
-            elif caller.role == "practitioner":
-                self._readable = await self.managed_patients() | await self._shared_with_caller()
-            else:
-                self._readable = set()
+            self._readable = set()
+            for relation in RELATIONS:
+                if decide("read", relation).allowed:
+                    self._readable |= await self._members(relation)
         return self._readable
+
+    async def _members(self, relation: str) -> set[str]:
+        """Every patient the caller stands to in this relation (for the few relations a search can list)."""
+        caller = self.caller
+        if relation == SELF and caller.role == "patient":
+            return {caller.patient_id} if caller.patient_id else set()
+        if caller.role != "practitioner":
+            return set()
+        if relation == MANAGING:
+            return await self.managed_patients()
+        if relation == SHARED:
+            return await self._shared_with_caller()
+        return set()
 
     async def managed_among(self, patient_ids: set[str]) -> set[str]:
         """Which of these patients the practitioner's organization manages, as their own Patient documents
         say: one record's check costs a look at its patients, not a list of the whole hospital's."""
         if not patient_ids or self.caller is None or not self.caller.organization:
             return set()
-        if self._managed is not None:
-            return patient_ids & (self._managed | self._registered)
         # Tombstones count too, so a deleted patient of this hospital reads as deleted (410), not unknown.
         documents = await self.store.find_by_ids("Patient", sorted(patient_ids), include_deleted=True)
-        managed = {d["_id"] for d in documents
-                   if self.caller.organization in ((d.get("sp") or {}).get("organization") or [])}
-        return managed | (patient_ids & self._registered)
+        return self._managed_in(documents) | ((patient_ids - {d["_id"] for d in documents}) & self._registered)
+
+    def _managed_in(self, documents: list[dict[str, Any]]) -> set[str]:
+        return {d["_id"] for d in documents
+                if self.caller.organization in ((d.get("sp") or {}).get("organization") or [])}
+
+    async def relations(self, patient_ids: set[str]) -> dict[str, str]:
+        """How the caller stands to each of these patients."""
+        caller = self.caller
+        if caller.role == "admin":
+            return {pid: ADMIN for pid in patient_ids}
+        if caller.role == "patient":
+            return {pid: SELF if pid == caller.patient_id else OTHER_PATIENT for pid in patient_ids}
+        if caller.role != "practitioner":
+            return {pid: UNRELATED for pid in patient_ids}
+        managed = await self.managed_among(patient_ids)
+        shared = await self._shared_with_caller() if patient_ids - managed else set()
+        return {pid: MANAGING if pid in managed else SHARED if pid in shared else UNRELATED for pid in patient_ids}
+
+    async def relation(self, patient_id: str, document: dict[str, Any] | None = None) -> str:
+        """How the caller stands to one patient; with the Patient document in hand, no look-up for its hospital."""
+        if document is not None and self.caller.role == "practitioner":
+            if self.caller.organization and self._managed_in([document]):
+                return MANAGING
+            return SHARED if patient_id in await self._shared_with_caller() else UNRELATED
+        return (await self.relations({patient_id}))[patient_id]
+
+    async def decide_about(self, action: str, patient_id: str, document: dict[str, Any] | None = None) -> Decision:
+        """The policy's answer for an action about one patient (the system may do anything)."""
+        if self.is_system:
+            return ALLOW
+        return decide(action, await self.relation(patient_id, document))
 
     async def readable_among(self, patient_ids: set[str]) -> set[str]:
         """Which of these patients the caller may read."""
         if self.caller is None:
             return set(patient_ids)
-        if self.caller.role == "patient":
-            return patient_ids & {self.caller.patient_id}
-        if self.caller.role != "practitioner":
-            return set()
-        readable = await self.managed_among(patient_ids)
-        if patient_ids - readable:
-            readable |= (patient_ids - readable) & await self._shared_with_caller()
-        return readable
+        return {pid for pid, relation in (await self.relations(patient_ids)).items()
+                if decide("read", relation).allowed}
 
-    def _clinical_role_check(self, resource_type: str) -> None:
-        role = self.caller.role
-        if role == "admin" and resource_type != AUDIT_TYPE:
-            raise refused("Administrators manage users and the directory and read no clinical data")
-        if role != "admin" and resource_type == AUDIT_TYPE:
-            # Raw events of a search name every patient it returned; a patient reads their own trail,
-            # filtered to them, at /api/me/access-log.
-            raise refused("The audit trail is read by administrators; a patient sees who accessed their records "
-                          "at /api/me/access-log")
+    # --- records ---
 
     async def search_filter(self, resource_type: str, *, history: bool = False,
                             about_patient: str | None = None) -> dict[str, Any] | None:
@@ -131,7 +306,7 @@ class Reach:
         nothing is withheld. `about_patient`: the search asks only for that patient's resources."""
         if self.is_system or resource_type in DIRECTORY_TYPES:
             return None
-        self._clinical_role_check(resource_type)
+        self.check_type(resource_type)
         if self.caller.role == "admin":
             return None  # the audit trail, whole
         if about_patient and resource_type != "Patient" and await self.readable_among({about_patient}):
@@ -147,75 +322,84 @@ class Reach:
             return {"$or": [{"sp.organization": self.caller.organization}, others]}
         # A Patient's own compartment is itself, so one condition serves every type and the history too.
         members = [f"Patient/{pid}" for pid in sorted(await self.readable_patients())]
-        if self.caller.role == "practitioner":
-            # Practitioners also see the clinical resources that belong to no patient (e.g. a template).
+        if self.caller.role == "practitioner" and resource_type in MAY_NAME_NO_PATIENT:
+            # Practitioners also see the clinical resources that may belong to no patient (a meeting).
             return {"$or": [{"compartment": {"$in": members}}, {"compartment": []}]}
         return {"compartment": {"$in": members}}
 
     async def may_read(self, resource_type: str, document: dict[str, Any]) -> bool:
         if self.is_system or resource_type in DIRECTORY_TYPES:
             return True
-        try:
-            self._clinical_role_check(resource_type)
-        except RecordError:
+        if not decide_by_role(type_action(resource_type, writing=False), self.caller.role).allowed:
             return False
-        if self.caller.role == "admin":
-            return True
-        if resource_type == "Patient" and self.caller.role == "practitioner" and self.caller.organization in (
-                (document.get("sp") or {}).get("organization") or []):
-            return True  # the Patient in hand says its hospital manages it: no second look-up
+        if resource_type == AUDIT_TYPE:
+            return True  # the role decided: administrators read the whole trail
         patients = _patients_of(resource_type, document)
         if not patients:
-            return self.caller.role == "practitioner"
+            return self.caller.role == "practitioner" and resource_type in MAY_NAME_NO_PATIENT
+        if resource_type == "Patient":
+            # A current Patient document says which hospital manages it; a history entry does not.
+            return (await self.decide_about("read", document["_id"], document if "sp" in document else None)).allowed
         return bool(await self.readable_among(patients))
 
     async def check_read(self, resource_type: str, document: dict[str, Any]) -> None:
         """Refuse a read: 403 naming the rule when the role may never read this type, else a plain 404."""
         if self.is_system or resource_type in DIRECTORY_TYPES:
             return
-        self._clinical_role_check(resource_type)
+        self.check_type(resource_type)
         if not await self.may_read(resource_type, document):
             raise hidden(resource_type, document["_id"])
 
     def check_may_write(self, resource_type: str) -> None:
         """Refuse a write by role alone; run before any lookup, so the answer says nothing of what exists."""
-        if self.is_system:
-            return
-        role = self.caller.role
-        if resource_type in DIRECTORY_TYPES:
-            if role != "admin":
-                raise refused("Only administrators edit the directory of hospitals and practitioners")
-            return
-        if resource_type == AUDIT_TYPE:
-            raise refused("The audit trail is written by the server only")
-        if role == "patient":
-            raise refused("Patients read their records and write nothing clinical")
-        if role == "admin":
-            raise refused("Administrators manage users and the directory and read no clinical data")
+        self.check_type(resource_type, writing=True)
 
     async def check_write(self, resource_type: str, resource: dict[str, Any] | None,
-                          previous: dict[str, Any] | None, compartment: list[str]) -> None:
-        """`compartment` is the new version's; `previous` the current document (or None on create)."""
-        self.check_may_write(resource_type)
+                          previous: dict[str, Any] | None, compartment: list[str], *, transfer: bool = False) -> None:
+        """`compartment` is the new version's; `previous` the current document (or None on create).
+        `transfer`: this write is the $transfer act, the one write that may change managingOrganization (and the
+        one an administrator may make to a Patient)."""
+        if not transfer:
+            self.check_may_write(resource_type)
         if self.is_system or resource_type in DIRECTORY_TYPES:
             return
         # A tombstone is judged too (it keeps its compartment): re-creating it must not hand its history over.
         if previous is not None:
             before = _patients_of(resource_type, previous)
-            if await self.managed_among(before) != before:
-                if not previous.get("deleted") and await self.may_read(resource_type, previous):
-                    # Shared with the caller: they know it exists, so say which rule refuses.
-                    raise refused("A practitioner writes only the records of patients their organization manages")
-                raise hidden(resource_type, previous["_id"])
+            relations = await self.relations(before)
+            if transfer:
+                worst = decide("transfer", relations[previous["_id"]])
+            else:
+                decisions = [decide("write", r) for r in relations.values()]
+                worst = next((d for d in decisions if d.outcome == "hide"), None) or next(
+                    (d for d in decisions if not d.allowed), ALLOW)
+            if worst.outcome == "refuse" and previous.get("deleted"):
+                worst = HIDE  # a deleted record tells nobody outside it that it was there
+            enforce(worst, resource_type, previous["_id"])
         if resource_type == "Patient":
-            organization = ((resource or {}).get("managingOrganization") or {}).get("reference")
-            if resource is not None and organization != self.caller.organization:
-                raise refused("A practitioner registers and edits patients whose managingOrganization is their "
-                              f"own organization ({self.caller.organization})")
+            self._check_patient_hospital(resource, previous, transfer)
             return
         patients = {member.removeprefix("Patient/") for member in compartment}
-        if patients - await self.managed_among(patients):
-            raise refused("A practitioner writes only the records of patients their organization manages")
+        if not patients and resource is not None and resource_type not in MAY_NAME_NO_PATIENT:
+            raise RecordError.single(422, "required", f"A {resource_type} names no patient; clinical data belongs "
+                                     "in a patient's record (name them in an element the Patient compartment "
+                                     f"lists, such as {resource_type}.subject)", resource_type)
+        for relation in (await self.relations(patients)).values():
+            enforce(decide("create", relation), resource_type, "")
+
+    def _check_patient_hospital(self, resource: dict[str, Any] | None, previous: dict[str, Any] | None,
+                                transfer: bool) -> None:
+        if resource is None:
+            return
+        organization = (resource.get("managingOrganization") or {}).get("reference")
+        if previous is not None and not previous.get("deleted"):
+            before = ((previous.get("resource") or {}).get("managingOrganization") or {}).get("reference")
+            if organization != before and not transfer:
+                raise refused(TRANSFER_ONLY)
+            return
+        if self.caller.role == "practitioner" and organization != self.caller.organization:
+            raise refused("A practitioner registers patients whose managingOrganization is their own organization "
+                          f"({self.caller.organization})")
 
 
 def _patients_of(resource_type: str, document: dict[str, Any]) -> set[str]:

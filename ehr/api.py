@@ -226,6 +226,16 @@ async def patient_everything(patient_id: str, request: Request, caller: CurrentC
     return FhirResponse(bundle)
 
 
+@router.post("/Patient/{patient_id}/$transfer")
+async def patient_transfer(patient_id: str, request: Request, caller: CurrentCaller) -> Response:
+    """Hand the patient over to another hospital (Parameters: `organization`), the one way a patient moves."""
+    body = await read_json_body(request)
+    service = record_service(request, caller)
+    written = await audited(request, caller, service, "transfer", service.transfer(patient_id, body),
+                            attempted=f"Patient/{patient_id}")
+    return _written_response(request, written, 200)
+
+
 # --- type and instance interactions ------------------------------------------------------------------
 
 

@@ -833,12 +833,20 @@ def index_resource(resource: dict) -> tuple[dict, dict, list[str]]:
         compartment = [f"Patient/{resource['id']}"] if resource.get("id") else []
     else:
         compartment = []
-        for path in COMPARTMENT_PATHS.get(resource_type, ()):
-            for v in _walk(resource, path):
-                key = reference_key(v.get("reference")) if isinstance(v, dict) else None
-                if key and key.startswith("Patient/") and key not in compartment:
-                    compartment.append(key)
+        for _path, v in compartment_references(resource):
+            key = reference_key(v.get("reference"))
+            if key and key.startswith("Patient/") and key not in compartment:
+                compartment.append(key)
     return sp, so, compartment
+
+
+def compartment_references(resource: dict) -> Iterator[tuple[str, dict]]:
+    """(path, Reference) of every element that puts a resource in a patient's compartment; the Reference
+    objects are the resource's own, so they can be resolved in place."""
+    for path in COMPARTMENT_PATHS.get(resource.get("resourceType", ""), ()):
+        for v in _walk(resource, path):
+            if isinstance(v, dict):
+                yield path, v
 
 
 def reference_targets(resource: dict, resource_type: str, param: str) -> list[str]:

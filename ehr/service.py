@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from ehr import search
-from ehr.access import Reach
+from ehr.access import Reach, enforce
 from ehr.models import RESOURCE_TYPES, READ_ONLY_TYPES, RecordError, ResourceIssue, is_supported_type, \
     validate_resource
 from ehr.store import RecordStore
@@ -132,6 +132,24 @@ def _check_id(resource_id: str) -> None:
         raise _issue(400, "value", "A resource id is 1-64 characters of A-Z a-z 0-9 - and .", "id")
 
 
+def _transfer_target(body: Any) -> str:
+    """The `Organization/{id}` a $transfer's Parameters name."""
+    parameters = body.get("parameter") if isinstance(body, dict) and body.get("resourceType") == "Parameters" else None
+    if not isinstance(parameters, list):
+        raise _issue(400, "structure", "$transfer takes a Parameters resource with an `organization` parameter",
+                     "Parameters")
+    for parameter in parameters:
+        if isinstance(parameter, dict) and parameter.get("name") == "organization":
+            reference = (parameter.get("valueReference") or {}).get("reference") if isinstance(
+                parameter.get("valueReference"), dict) else None
+            if isinstance(reference, str) and reference.startswith("Organization/") and search.is_valid_id(
+                    reference.removeprefix("Organization/")):
+                return reference
+            break
+    raise _issue(400, "required", "$transfer needs the parameter `organization` as a valueReference to "
+                                  "Organization/{id}", "Parameters.parameter[organization]")
+
+
 def rewrite_references(node: Any, mapping: dict[str, str]) -> Any:
     """Replace every `reference` that names a Bundle fullUrl with the id it was given."""
     if isinstance(node, dict):
@@ -189,9 +207,13 @@ class RecordService:
                 "sp": sp, "so": so, "compartment": compartment}
 
     async def _commit(self, resource_type: str, resource_id: str, previous: dict[str, Any] | None,
-                      resource: dict[str, Any] | None, method: str, *, fresh_id: bool = False) -> Written:
-        """The one write path. `fresh_id`: the id was made up by this request (nobody else can write it)."""
+                      resource: dict[str, Any] | None, method: str, *, fresh_id: bool = False,
+                      transfer: bool = False) -> Written:
+        """The one write path. `fresh_id`: the id was made up by this request (nobody else can write it);
+        `transfer`: the $transfer act, the one write that may change a Patient's managingOrganization."""
         vid = previous["vid"] + 1 if previous else 1
+        if resource is not None:
+            await self._resolve_patient_identifiers(resource)
         updated = now_utc()
         if resource is not None:
             meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
@@ -200,7 +222,7 @@ class RecordService:
         owner = f"{resource_type}/{resource_id}"
         document = self._document(resource_type, resource_id, vid, updated, resource, previous)
         if self.reach is not None:
-            await self.reach.check_write(resource_type, resource, previous, document["compartment"])
+            await self.reach.check_write(resource_type, resource, previous, document["compartment"], transfer=transfer)
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
         keys = sorted(new_keys - old_keys)
@@ -256,16 +278,50 @@ class RecordService:
             for key in claimed:
                 await self.store.release_identifier(key, owner, write_id)
             raise
+        written_new = previous is None
         released = sorted(old_keys - new_keys)
         for key in released:
             await self.store.release_identifier(key, owner)
         self._touch(resource_type, document)
         if previous is not None:
             self.touched_patients.update(previous.get("compartment") or [])
-        if self.reach is not None and resource_type == "Patient" and resource is not None:
+        if self.reach is not None and resource_type == "Patient" and resource is not None and written_new:
             self.reach.count_as_managed(resource_id, resource)  # later entries of a batch may be about it
         return Written(resource_type, resource_id, vid, updated, resource, previous is None or previous["deleted"],
                        previous, claimed, released)
+
+    async def _resolve_patient_identifiers(self, resource: dict[str, Any]) -> None:
+        """A compartment reference that names a Patient by identifier only becomes a reference to that Patient,
+        so the resource is filed in the patient's record and judged by its rules. No match, or a patient the
+        caller may not write, is one and the same 422: the answer does not tell whether the patient exists."""
+        resource_type = resource.get("resourceType", "")
+        for path, slot in search.compartment_references(resource):
+            identifier = slot.get("identifier")
+            if slot.get("reference") or not isinstance(identifier, dict) or slot.get("type") not in (None, "Patient"):
+                continue
+            system, value = identifier.get("system"), identifier.get("value")
+            if slot.get("type") is None and system != NATIONAL_ID_SYSTEM:
+                continue  # not said to be a Patient, and not an ID number: another kind of subject
+            patient_id = await self._patient_with_identifier(system, value) if system and value else None
+            if patient_id is not None and self.reach is not None and not self.reach.is_system:
+                if not (await self.reach.decide_about("create", patient_id)).allowed:
+                    patient_id = None
+            if patient_id is None:
+                where = f"{resource_type}.{path}"
+                raise _issue(422, "not-found", f"{where} names a Patient by identifier, and no patient you may "
+                                               "write holds that identifier", where)
+            slot["reference"] = f"Patient/{patient_id}"
+
+    async def _patient_with_identifier(self, system: str, value: str) -> str | None:
+        """The id of the one current Patient holding this identifier (None for none, or for several)."""
+        if system in UNIQUE_IDENTIFIER_SYSTEMS["Patient"]:
+            holder = await self.store.identifier_owner(identifier_key("Patient", system, value))
+            return holder.partition("/")[2] if holder else None
+        with _as_bad_parameter():
+            plan = search.parse_search("Patient", [("identifier", f"{system}|{value}")], handling="strict")
+        matches = await self.store.find("Patient", {"$and": [plan.filter, {"deleted": False}]}, sort=[("_id", 1)],
+                                        limit=2)
+        return matches[0]["_id"] if len(matches) == 1 else None
 
     async def _finish_abandoned_write(self, resource_type: str, resource_id: str, vid: int) -> None:
         """Roll the current version forward to history entry `vid` when its writer stopped between its two
@@ -323,6 +379,8 @@ class RecordService:
 
     async def _current(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         _require_type(resource_type)
+        if self.reach is not None:
+            self.reach.check_type(resource_type)  # what the role alone decides, before anything is looked up
         _check_id(resource_id)
         document = await self.store.get(resource_type, resource_id)
         if document is None:
@@ -394,6 +452,33 @@ class RecordService:
         if previous["deleted"]:
             return None
         return await self._commit(resource_type, resource_id, previous, None, "DELETE")
+
+    # --- Patient/$transfer: the one way a patient moves to another hospital ------------------------
+
+    async def transfer(self, patient_id: str, body: Any) -> Written:
+        """Hand a patient, with their whole record, to another hospital: done by the managing hospital or an
+        administrator, as its own audited act. `body` is a Parameters resource naming the `organization`."""
+        if self.reach is not None:
+            self.reach.check_role("transfer")  # a patient may move nobody, whether the id exists or not
+        _check_id(patient_id)
+        organization = _transfer_target(body)
+        previous = await self.store.get("Patient", patient_id)
+        if previous is None or previous["deleted"]:
+            raise _issue(404, "not-found", f"Patient/{patient_id} is not known")
+        if self.reach is not None:
+            enforce(await self.reach.decide_about("transfer", patient_id, previous), "Patient", patient_id)
+        before = (previous["resource"].get("managingOrganization") or {}).get("reference")
+        if organization == before:
+            raise _issue(422, "business-rule", f"Patient/{patient_id} is already managed by {organization}",
+                         "Parameters.parameter[organization]")
+        target = await self.store.get("Organization", organization.removeprefix("Organization/"))
+        if target is None or target["deleted"]:
+            raise _issue(422, "not-found", f"{organization} is not a hospital in the directory",
+                         "Parameters.parameter[organization]")
+        resource = {**previous["resource"], "managingOrganization": {"reference": organization}}
+        written = await self._commit("Patient", patient_id, previous, resource, "PUT", transfer=True)
+        self.touched += [ref for ref in (before, organization) if ref]  # the trail names both hospitals
+        return written
 
     # --- history --------------------------------------------------------------------------------
 
@@ -782,10 +867,13 @@ class RecordService:
             elif method == "DELETE":
                 _require_type(resource_type, writing=True)
         if self.reach is not None:
-            # Entries may be about a Patient this transaction registers, written after them; should that
-            # Patient's own write be refused, the whole transaction is undone.
+            # Entries may be about a Patient this transaction registers under a new id, written after them; should
+            # that Patient's own write be refused, the whole transaction is undone. A PUT of a Patient that
+            # exists registers nothing: its stored document decides who manages it.
             for index, resource in resources.items():
-                if resource["resourceType"] == "Patient":
+                if resource["resourceType"] != "Patient":
+                    continue
+                if index in assigned or await self.store.get("Patient", requests[index][2]) is None:
                     self.reach.count_as_managed(requests[index][2] or assigned[index], resource)
         order = {"DELETE": 0, "POST": 1, "PUT": 2, "GET": 3}
         done: list[Written] = []

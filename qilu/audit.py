@@ -19,7 +19,8 @@ router = APIRouter(tags=["audit"])
 # FHIR restful-interaction -> AuditEvent.action (C create, R read/view/print, U update, D delete, E execute).
 ACTIONS = {"read": "R", "vread": "R", "search-type": "E", "history-instance": "R", "history-type": "E",
            "create": "C", "update": "U", "delete": "D", "everything": "E", "batch": "E", "transaction": "E",
-           "card-verify": "E", "card-issue": "C", "card-status": "U", "consult-join": "E", "access-log": "R"}
+           "card-verify": "E", "card-issue": "C", "card-status": "U", "consult-join": "E", "access-log": "R",
+           "transfer": "U"}
 # Why the access happened (v3 ActReason); a caller may say so in the X-Purpose-Of-Use header.
 PURPOSES = {"TREAT": "治疗 Treatment", "ETREAT": "急诊治疗 Emergency treatment", "HPAYMT": "结算 Payment",
             "PATRQT": "患者本人请求 Patient request", "HOPERAT": "医疗机构运营 Healthcare operations",

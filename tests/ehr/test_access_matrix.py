@@ -223,9 +223,11 @@ async def ctx(app, world, client):
             for key in ("A", "B", "C"):
                 await seed(f"obs_{key}", observation(pid[key]), {key})
             for key in ("A", "B"):
-                # Belongs to nobody (practitioners see it) but points at the patient: an _include bridge.
-                await seed(f"bridge_{key}", {"resourceType": "Task", "status": "requested", "intent": "order",
-                                             "focus": {"reference": f"Patient/{pid[key]}"}}, set())
+                # Belongs to nobody (a type that may: practitioners see it) but points at the patient: an
+                # _include bridge.
+                await seed(f"bridge_{key}", {"resourceType": "Provenance", "recorded": "2024-03-01T08:00:00Z",
+                                             "target": [{"reference": f"Observation/{key}-elsewhere"}],
+                                             "agent": [{"who": {"reference": f"Patient/{pid[key]}"}}]}, set())
                 # C's record that points at A or B: bait for _revinclude.
                 await seed(f"bait_{key}", {"resourceType": "Task", "status": "requested", "intent": "order",
                                            "for": {"reference": f"Patient/{pid['C']}"},
@@ -384,10 +386,11 @@ SEARCHES = {
     # family -> (path, params for the target, seeds that can come back for target key)
     "search": lambda t: ("Observation", {"patient": t.patient}),
     "search-include": lambda t: ("Observation", {"patient": t.patient, "_include": "Observation:subject"}),
-    "search-include-from-elsewhere": lambda t: ("Task", {"_id": t.bridge, "_include": "Task:focus"}),
+    "search-include-from-elsewhere": lambda t: ("Provenance", {"_id": t.bridge, "_include": "Provenance:agent"}),
     "search-revinclude": lambda t: ("Patient", [("_id", t.patient), ("_include", "Patient:link"),
                                                 ("_revinclude", "Observation:subject"),
-                                                ("_revinclude", "Task:focus")]),
+                                                ("_revinclude", "Task:focus"),
+                                                ("_revinclude", "Provenance:agent")]),
 }
 CANDIDATES = {  # what each search would return to someone who could read everything
     "search": lambda key: [f"obs_{key}"],
