@@ -18,7 +18,7 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import ECKey
 
-from ehr.access import Reach
+from ehr.access import Reach, decide_by_role
 from ehr.models import RecordError
 from ehr.service import RecordService, identifier_key
 from fhir_profiles.extensions import EHEALTH_CARD_STATUS_URL, ehealth_card_status_extension, read_ehealth_card_status
@@ -113,14 +113,11 @@ class CardService:
     async def _reach(self, caller: Caller) -> Reach:
         return Reach(caller, self.records.store)
 
-    async def _may_act_for(self, caller: Caller, patient_ref: str) -> bool:
-        """The patient themself, or a practitioner (registrar) of the organization that manages them."""
-        patient_id = patient_ref.removeprefix("Patient/")
-        if caller.role == "patient":
-            return caller.patient_id == patient_id
-        if caller.role == "practitioner":
-            return patient_id in await (await self._reach(caller)).managed_among({patient_id})
-        return False
+    async def _may_act_for(self, caller: Caller, patient_ref: str, action: str = "card") -> bool:
+        """The access policy's answer for the card: its holder, or a registrar of the hospital that manages
+        them (`card`); the QR code, its holder only (`card-qr`)."""
+        decision = await (await self._reach(caller)).decide_about(action, patient_ref.removeprefix("Patient/"))
+        return decision.allowed
 
     async def _card(self, card_id: str) -> CardView:
         try:
@@ -230,7 +227,7 @@ class CardService:
 
     async def qr_token(self, caller: Caller, card_id: str) -> tuple[str, int]:
         card = await self._card(card_id)
-        if caller.patient_id is None or card.patient != f"Patient/{caller.patient_id}":
+        if not await self._may_act_for(caller, card.patient, "card-qr"):
             raise CardRefused(404, "card-unknown", f"Card {card_id} is not known")  # only the holder sees it
         if card.status != "active":
             raise CardRefused(409, f"card-{card.status}", f"The card is {card.status}; it shows no QR code")
@@ -242,7 +239,7 @@ class CardService:
         return token, expires
 
     async def verify(self, caller: Caller, token: str) -> dict[str, Any]:
-        if caller.role != "practitioner":
+        if not decide_by_role("card-verify", caller.role).allowed:
             raise CardRefused(403, "not-allowed", "Cards are verified by hospital staff (practitioners)")
         try:
             compact = jws.extract_compact(token.strip().encode())

@@ -220,7 +220,7 @@ class ReferralService:
         origin = _ref(body.origin, "Organization") if body.origin else organization
         patient_ref = _ref(body.patient, "Patient")
         patient_id = patient_ref.removeprefix("Patient/")
-        if patient_id not in await (await self._reach(caller)).readable_among({patient_id}):
+        if not (await (await self._reach(caller)).decide_about("read", patient_id)).allowed:
             raise ReferralRefused(404, "Patient not found", f"{patient_ref} is not known")
         patient = await self._resource(patient_ref, ("Patient",), "patient")
         result = await self._route(patient, body, origin, frozenset(), explain_all)
@@ -267,9 +267,9 @@ class ReferralService:
         patient_ref = _ref(body.patient, "Patient")
         reach = await self._reach(caller)
         patient_id = patient_ref.removeprefix("Patient/")
-        allowed = await reach.managed_among({patient_id}) if body.direction == "up" and based_on is None \
-            else await reach.readable_among({patient_id})
-        if patient_id not in allowed:
+        # Referring up is the managing hospital's act; a referral back down (or onwards) is the shared one's too.
+        action = "refer-up" if body.direction == "up" and based_on is None else "refer"
+        if not (await reach.decide_about(action, patient_id)).allowed:
             raise ReferralRefused(404, "Patient not found", f"{patient_ref} is not known")
         patient = await self._resource(patient_ref, ("Patient",), "patient")
         reason = await self._resource(_ref(body.reason, "Condition"), ("Condition",), "reason")

@@ -191,7 +191,7 @@ class ConsultService:
                                  "Name the referral the consult is about, or the patient of a stand-alone consult")
         patient = _ref(patient, "Patient")
         patient_id = patient.removeprefix("Patient/")
-        if not referral_id and patient_id not in await self._reach(caller).readable_among({patient_id}):
+        if not referral_id and not (await self._reach(caller).decide_about("consult", patient_id)).allowed:
             raise ConsultRefused(404, "Patient not found", f"{patient} is not known")
         invited = []
         for index, role in enumerate(dict.fromkeys(body.invite)):
@@ -510,8 +510,7 @@ class ConsultService:
             raise not_found(consult_id)
         if not self._may_see(caller, doc):
             patient_id = doc["patient"].removeprefix("Patient/")
-            if caller.role != "practitioner" or patient_id not in await self._reach(caller).readable_among(
-                    {patient_id}):
+            if not (await self._reach(caller).decide_about("consult", patient_id)).allowed:
                 raise not_found(consult_id)
         recording = doc.get("recording") or {}
         if recording.get("status") not in ("stopped", "processed") or not recording.get("path"):
