@@ -23,7 +23,7 @@ from ehr.models import RecordError
 from ehr.service import RecordService, Written
 from ehr.store import RecordStore
 from fhir_profiles.structure_definitions import load_structure_definitions
-from qilu.audit import OUTCOME_MINOR, OUTCOME_SERIOUS, record_access
+from qilu.audit import OUTCOME_MINOR, OUTCOME_SERIOUS, record_access, record_denial
 from qilu.auth import Caller, CurrentCaller
 
 T = TypeVar("T")
@@ -67,7 +67,7 @@ async def audited(request: Request, caller: Caller, service: RecordService, inte
         await record_access(request, caller, interaction, entities=[attempted] if attempted else [], patients=[],
                             outcome=OUTCOME_MINOR if exc.status < 500 else OUTCOME_SERIOUS,
                             description=exc.issues[0].diagnostics if exc.issues else "", query=(
-                                request.url.query if search else None))
+                                request.url.query if search else None), denied=exc.status in (403, 404))
         raise
     entities = [] if search else list(dict.fromkeys(service.touched))
     await record_access(request, caller, interaction, entities=entities[:100],
@@ -341,6 +341,8 @@ class CardVerifyRequest(BaseModel):
 
 
 async def card_refused_handler(request: Request, exc: CardRefused) -> Response:
+    if exc.status in (403, 404) and getattr(request.state, "caller", None) is not None:
+        await record_denial(request, "card", exc.detail)
     return JSONResponse({"type": f"https://qilu.example.org/problems/{exc.code}", "title": "Card request refused",
                          "status": exc.status, "detail": exc.detail, "code": exc.code,
                          "instance": request.url.path}, status_code=exc.status,
@@ -373,8 +375,9 @@ async def verify_card(body: CardVerifyRequest, request: Request, caller: Current
     try:
         identity = await card_service(request).verify(caller, body.token)
     except CardRefused as refused:
-        await record_access(request, caller, "card-verify", entities=[], patients=[], outcome=OUTCOME_MINOR,
-                            description=refused.code)
+        if refused.status not in (403, 404):  # a refusal by the rules is traced by the handler
+            await record_access(request, caller, "card-verify", entities=[], patients=[], outcome=OUTCOME_MINOR,
+                                description=refused.code)
         raise
     await record_access(request, caller, "card-verify", entities=[f"Basic/{identity['card']['id']}"],
                         patients=[identity["patient"]])

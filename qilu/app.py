@@ -24,6 +24,7 @@ from qilu.keys import SigningKeys
 from qilu.cache import connect_redis
 from qilu.db import connect_mongodb, database, ping_mongodb
 from qilu.logs import configure_logging
+from qilu.denials import DenialGuard
 from qilu.metrics import RequestMetrics
 from qilu.middleware import RequestContextMiddleware
 from qilu.problems import install_error_handlers
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Telemedicine referrals and e-health records for a tiered provincial health system.")
     app.state.settings = settings
     app.state.metrics = RequestMetrics()
+    app.state.denials = DenialGuard(app.state.metrics, settings.denial_burst)
     app.state.keys = SigningKeys.load(settings)
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app)

@@ -142,13 +142,24 @@ class AuditTrailWriter:
 
 async def record_access(request: Request, caller: Caller | None, interaction: str, *, entities: list[str],
                         patients: list[str], outcome: str = OUTCOME_SUCCESS, description: str = "",
-                        query: str | None = None) -> None:
-    """Write the AuditEvent durably; if that fails the request fails (no access without its trace)."""
+                        query: str | None = None, denied: bool = False) -> None:
+    """Write the AuditEvent durably; if that fails the request fails (no access without its trace).
+    `denied`: the access policy refused it (or answered as if missing); it is counted, and a burst held back."""
+    if denied:
+        request.app.state.denials.note(caller, interaction)
     event = audit_event(caller=caller, interaction=interaction, outcome=outcome,
                         purpose=purpose_of_use(request, caller),
                         source_address=request.client.host if request.client else None,
                         entities=entities, patients=patients, description=description, query=query)
     await request.app.state.audit_sink(event)
+
+
+async def record_denial(request: Request, domain: str, detail: str) -> None:
+    """A request refused by a domain's own rules (403, or 404 for what the caller may not know of): traced
+    with what was asked for, counted, and held back in a burst. FHIR interactions trace theirs as they run."""
+    caller = getattr(request.state, "caller", None)
+    await record_access(request, caller, f"{domain}-refused", entities=[f"urn:qilu:request:{request.url.path}"],
+                        patients=[], outcome=OUTCOME_MINOR, description=detail, denied=True)
 
 
 @router.get("/api/me/access-log")

@@ -213,6 +213,7 @@ async def optional_caller(request: Request) -> Caller | None:
         return None
     caller = await request.app.state.tokens.caller(token)
     request.state.caller = caller
+    request.app.state.denials.check(caller)  # a caller probing with refused requests is held back
     return caller
 
 

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
     log_level: str = "INFO"
     max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # Refused accesses one caller may have in a minute before being held back with 429 (probing).
+    denial_burst: int = Field(default=60, ge=1)
 
     @property
     def embedded_mongodb(self) -> bool:

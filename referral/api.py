@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from redis.exceptions import RedisError
 
-from qilu.audit import record_access
+from qilu.audit import record_access, record_denial
 from qilu.auth import CurrentCaller, still_admitted
 from referral.models import EVENT_POSITION, Action, ActionBody, ReferralBody, RouteBody, public_view
 from referral.service import ReferralRefused, ReferralService
@@ -29,6 +29,8 @@ RECONNECT_AFTER_MS = 3000
 
 
 async def referral_refused_handler(request: Request, exc: ReferralRefused) -> Response:
+    if exc.status in (403, 404) and getattr(request.state, "caller", None) is not None:
+        await record_denial(request, "referral", exc.detail)
     return JSONResponse({"type": "about:blank", "title": exc.title, "status": exc.status, "detail": exc.detail,
                          "instance": request.url.path, **exc.extra}, status_code=exc.status,
                         media_type="application/problem+json")

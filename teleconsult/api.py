@@ -24,7 +24,7 @@ from fastapi import APIRouter, Query, Request, Response, WebSocket
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
-from qilu.audit import record_access
+from qilu.audit import record_access, record_denial
 from qilu.auth import TOKEN_COOKIE, CurrentCaller
 from qilu.problems import Problem
 from qilu.settings import Settings
@@ -38,6 +38,8 @@ log = structlog.get_logger("qilu.teleconsult.api")
 
 
 async def consult_refused_handler(request: Request, exc: ConsultRefused) -> Response:
+    if exc.status in (403, 404) and getattr(request.state, "caller", None) is not None:
+        await record_denial(request, "consult", exc.detail)
     return JSONResponse({"type": "about:blank", "title": exc.title, "status": exc.status, "detail": exc.detail,
                          "instance": request.url.path}, status_code=exc.status, media_type="application/problem+json")
 

@@ -24,6 +24,8 @@ os.environ.setdefault("QILU_ACCESS_TOKEN_TTL_S", "7200")
 os.environ.setdefault("QILU_ACCEPT_MINUTES_STAT", "0.05")
 os.environ.setdefault("QILU_DEADLINE_SWEEP_S", "1")
 os.environ.setdefault("QILU_OUTBOX_SWEEP_S", "1")
+# The access matrices are refused thousands of times by design; the test of the burst limit sets its own.
+os.environ.setdefault("QILU_DENIAL_BURST", "1000000")
 
 import uuid  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
