@@ -73,14 +73,16 @@ def free_port() -> int:
 
 
 def start_server(settings: Settings, db_name: str, port: int, *, log_name: str, log_level: str = "INFO",
-                 workers: int = 1) -> subprocess.Popen:
-    """`qilu serve` on 127.0.0.1:port against database `db_name`; returns once /healthz answers (or exits)."""
-    env = {**os.environ, "QILU_MONGODB_DB": db_name, "QILU_LOG_LEVEL": log_level}
+                 workers: int = 1, source: Path = ROOT) -> subprocess.Popen:
+    """`qilu serve` on 127.0.0.1:port against database `db_name`; returns once /healthz answers (or exits).
+    `source`: the checkout whose code serves (another one: a baseline version, measured in the same run)."""
+    env = {**os.environ, "QILU_MONGODB_DB": db_name, "QILU_LOG_LEVEL": log_level,
+           "QILU_DATA_DIR": str(settings.path()), "PYTHONPATH": str(source)}
     log_path = settings.path("log", log_name)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "qilu", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                 "--workers", str(workers)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+                                 "--workers", str(workers)], cwd=source, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
         if proc.poll() is not None:

@@ -7,6 +7,7 @@ AuditEvent per request) and straight through motor on the same database, at conc
 throughput, p50/p99 latency and the API/direct ratio. Bounded in count and time; stops by itself.
 
     .venv/bin/python bench/fhir_api.py [--n 400] [--phase-seconds 8] [--log-level INFO]
+    .venv/bin/python bench/fhir_api.py --before COMMIT   # read and create, this checkout against COMMIT
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import datetime as dt
 import os
 import random
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +32,8 @@ from motor.motor_asyncio import AsyncIOMotorClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_server import BenchRun, add_organization, add_person, cpu_seconds, engine_pid, log_in  # noqa: E402
+from bench_server import BenchRun, add_organization, add_person, cpu_seconds, engine_pid, log_in, \
+    start_server  # noqa: E402
 from timing import Run, measure, settle  # noqa: E402
 
 from ehr.search import index_resource, parse_search  # noqa: E402
@@ -106,10 +110,14 @@ def audit_document(caller: Caller, patient_id: str) -> dict:
 
 async def set_up_people(settings: Settings, fhir_base: str) -> tuple[str, User]:
     """The hospital the bench's patients belong to, and a practitioner there who makes every API call."""
+    return await set_up_people_in(settings, fhir_base, BENCH_DB)
+
+
+async def set_up_people_in(settings: Settings, fhir_base: str, db_name: str) -> tuple[str, User]:
     mongo = AsyncIOMotorClient(settings.effective_mongodb_url, tz_aware=True, uuidRepresentation="standard")
     try:
-        organization = await add_organization(mongo[BENCH_DB], fhir_base, "历下区人民医院 (bench)")
-        practitioner = await add_person(mongo[BENCH_DB], fhir_base, "practitioner", PRACTITIONER_LOGIN, "王医生",
+        organization = await add_organization(mongo[db_name], fhir_base, "历下区人民医院 (bench)")
+        practitioner = await add_person(mongo[db_name], fhir_base, "practitioner", PRACTITIONER_LOGIN, "王医生",
                                         organization)
     finally:
         mongo.close()
@@ -368,6 +376,82 @@ def print_table(runs: list[Run]) -> None:
                   + (f"; first failure: {run.first_error}" if run.errors else ""))
 
 
+# --- before and after: the same reads and creates against this checkout and an earlier commit -------------
+
+BEFORE_DB = "qilu_bench_before"
+ROUNDS = 5
+
+
+async def compare_versions(args: argparse.Namespace, sides: dict[str, tuple[str, str]]) -> None:
+    """Alternate rounds of reads (of the practitioner's own Patients, judged from the document in hand, and
+    Observations, judged by their patients' documents) and creates (of Observations) on both servers, so drift of a shared machine hits both; prints each side's
+    median p50 over the rounds and the after/before ratio."""
+    numbers = iter(national_ids(4 * len(sides) * (args.patients + 10), seed=args.seed))
+    clients: dict[str, httpx.AsyncClient] = {}
+    samples: dict[str, list[str]] = {}
+    patients: dict[str, list[str]] = {}
+    try:
+        for side, (base, organization) in sides.items():
+            http = httpx.AsyncClient(base_url=base, headers=FHIR_JSON, timeout=30)
+            clients[side] = http
+            http.headers.update(await log_in(http, PRACTITIONER_LOGIN))
+            patients[side], samples[side] = [], []
+            for i in range(args.patients):
+                created = expect(await http.post("/fhir/Patient", json=patient(next(numbers), i, organization)),
+                                 201).json()
+                patients[side].append(created["id"])
+                samples[side].append(expect(await http.post("/fhir/Observation", json=observation(created["id"], i)),
+                                            201).json()["id"])
+        p50: dict[tuple[str, str], list[float]] = {}
+        n = max(10, args.n // ROUNDS)
+        for round_ in range(ROUNDS):
+            for side, http in clients.items():
+                async def read(i: int, http=http, side=side) -> None:
+                    expect(await http.get(f"/fhir/Observation/{samples[side][(i + round_) % len(samples[side])]}"),
+                           200)
+
+                async def create(i: int, http=http, side=side) -> None:
+                    expect(await http.post("/fhir/Observation", json=observation(
+                        patients[side][i % len(patients[side])], i)), 201)
+                async def read_patient(i: int, http=http, side=side) -> None:
+                    expect(await http.get(f"/fhir/Patient/{patients[side][(i + round_) % len(patients[side])]}"), 200)
+                for name, op in (("read Patient", read_patient), ("read Observation", read),
+                                 ("create Observation", create)):
+                    run = await measure(name, side, 1, n, args.phase_seconds, op)
+                    if run.errors:
+                        raise SystemExit(f"{name} on {side}: {run.errors} errors, first {run.first_error}")
+                    p50.setdefault((name, side), []).append(statistics.median(run.latencies) * 1000)
+    finally:
+        for http in clients.values():
+            await http.aclose()
+    print(f"{'operation (concurrency 1)':<26} {'before p50 ms':>14} {'after p50 ms':>13} {'after/before':>13}")
+    for name in ("read Patient", "read Observation", "create Observation"):
+        before = statistics.median(p50[(name, "before")])
+        after = statistics.median(p50[(name, "after")])
+        print(f"{name:<26} {before:>14.2f} {after:>13.2f} {after / before:>13.2f}")
+    print(f"({ROUNDS} alternating rounds of {n} requests per side; each figure is the median of the rounds' p50)")
+
+
+def run_before_and_after(args: argparse.Namespace) -> None:
+    """Serve `args.before` (a commit) from a worktree beside this checkout's server, on databases of their own."""
+    worktree = Path(tempfile.mkdtemp(prefix="qilu-bench-before-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(worktree), args.before],
+                   check=True)
+    try:
+        with BenchRun(BENCH_DB) as after, BenchRun(BEFORE_DB) as before:
+            sides = {}
+            for side, run, source in (("before", before, worktree), ("after", after, ROOT)):
+                organization, _ = asyncio.run(set_up_people_in(run.settings, run.base + "/fhir", run.db_name))
+                run.proc = start_server(run.settings, run.db_name, run.port, log_name=f"bench-fhir-api-{side}.log",
+                                        log_level=args.log_level, source=source)
+                sides[side] = (run.base, organization)
+            print(f"before: {args.before} on {sides['before'][0]}; after: this checkout on {sides['after'][0]}; "
+                  f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}", flush=True)
+            asyncio.run(compare_versions(args, sides))
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400, help="operations per (operation, path, concurrency)")
@@ -380,8 +464,14 @@ def main() -> None:
                                                             "as production does)")
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument("--before", metavar="COMMIT", help="instead of the full table: read and create of an "
+                        "Observation against this checkout and COMMIT (served from a temporary worktree), "
+                        "alternating, with the after/before ratio")
     args = parser.parse_args()
     args.n = max(10, min(args.n, 20000))
+    if args.before:
+        run_before_and_after(args)
+        return
 
     started = time.monotonic()
     with BenchRun(BENCH_DB) as run:
