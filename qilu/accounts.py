@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from motor.motor_asyncio import AsyncIOMotorDatabase
 
+from ehr.access import decide_by_role
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.store import RecordStore
@@ -169,7 +170,7 @@ class AccountService:
 
     @staticmethod
     def _require_admin(caller: Caller) -> None:
-        if caller.role != "admin":
+        if not decide_by_role("users", caller.role).allowed:  # the access policy's row for accounts
             raise Problem(403, "Administrators only", "Accounts are managed by administrators")
 
     async def _managed(self, user_id: str, action: str | None = None) -> dict[str, Any]:

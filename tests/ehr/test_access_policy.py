@@ -77,3 +77,24 @@ async def test_a_burst_of_refusals_is_counted_audited_and_held_back(app, prober,
     asked = {entity["what"]["reference"] for event in failures for entity in event.get("entity", [])
              if "what" in entity}
     assert {f"Patient/{probe}" for probe in probes} <= asked
+
+
+def test_routes_reach_the_record_only_through_a_handle_bound_to_the_caller():
+    """The API modules get their record handle from `record_service(request, caller)`, bound to the caller's
+    reach; a system handle (no reach) is named here with the rules that guard it, or this test fails."""
+    root = Path(__file__).resolve().parents[2]
+    system_handles = {
+        # The card service reads and writes as the system and asks the policy's card rows itself.
+        ("ehr/api.py", "return CardService(RecordService(RecordStore(state.db), _fhir_base(request)),"),
+        ("ehr/api.py", "return RecordService(reach.store, _fhir_base(request), reach)"),
+    }
+    found = set()
+    for module in ("ehr/api.py", "ehr/pages.py", "referral/api.py", "referral/pages.py", "teleconsult/api.py",
+                   "teleconsult/pages.py", "qilu/users.py", "qilu/audit.py", "qilu/web.py", "qilu/ops.py"):
+        path = root / module
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if "RecordService(" in line or "RecordStore(" in line and "Reach(" not in line:
+                found.add((module, line.strip()))
+    assert found == system_handles
