@@ -63,6 +63,8 @@ PATIENT_WRITES_NOTHING = "Patients read their records and write nothing clinical
 WRITE_MANAGED = "A practitioner writes only the records of patients their organization manages"
 TRANSFER_ONLY = ("A patient moves to another hospital only by Patient/{id}/$transfer, done by the managing "
                  "hospital or an administrator, never by an ordinary update")
+CARD_ISSUE = ("A card is issued to the patient themself or by a registrar of the hospital that manages the "
+              "patient")
 DIRECTORY_EDIT = "Only administrators edit the directory of hospitals and practitioners"
 AUDIT_READ = ("The audit trail is read by administrators; a patient sees who accessed their records at "
               "/api/me/access-log")
@@ -90,6 +92,9 @@ RULES: dict[str, dict[str, Decision]] = {
                  MANAGING: ALLOW, SHARED: refuse(TRANSFER_ONLY), UNRELATED: HIDE, ADMIN: ALLOW},
     # The card: its holder and the hospital that manages them; nobody else learns it exists.
     "card": {SELF: ALLOW, OTHER_PATIENT: HIDE, MANAGING: ALLOW, SHARED: HIDE, UNRELATED: HIDE, ADMIN: HIDE},
+    # Issuing one: the same people; anyone else is refused alike, whether the patient exists or not.
+    "card-issue": {SELF: ALLOW, OTHER_PATIENT: refuse(CARD_ISSUE), MANAGING: ALLOW, SHARED: refuse(CARD_ISSUE),
+                   UNRELATED: refuse(CARD_ISSUE), ADMIN: refuse(CARD_ISSUE)},
     # The card's QR code is shown by its holder only.
     "card-qr": {SELF: ALLOW, OTHER_PATIENT: HIDE, MANAGING: HIDE, SHARED: HIDE, UNRELATED: HIDE, ADMIN: HIDE},
     # Referring up is the managing hospital's; referring back down or onwards, whoever the patient is shared with.

@@ -18,7 +18,7 @@ from joserfc import jws
 from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import ECKey
 
-from ehr.access import Reach, decide_by_role
+from ehr.access import CARD_ISSUE, Reach, decide_by_role
 from ehr.models import RecordError
 from ehr.service import RecordService, identifier_key
 from fhir_profiles.extensions import EHEALTH_CARD_STATUS_URL, ehealth_card_status_extension, read_ehealth_card_status
@@ -115,7 +115,7 @@ class CardService:
 
     async def _may_act_for(self, caller: Caller, patient_ref: str, action: str = "card") -> bool:
         """The access policy's answer for the card: its holder, or a registrar of the hospital that manages
-        them (`card`); the QR code, its holder only (`card-qr`)."""
+        them (`card`, `card-issue`); the QR code, its holder only (`card-qr`)."""
         decision = await (await self._reach(caller)).decide_about(action, patient_ref.removeprefix("Patient/"))
         return decision.allowed
 
@@ -139,9 +139,8 @@ class CardService:
 
     async def issue(self, caller: Caller, patient_ref: str, national_id: str, name: str) -> dict[str, Any]:
         patient_ref = patient_ref if patient_ref.startswith("Patient/") else f"Patient/{patient_ref}"
-        if not await self._may_act_for(caller, patient_ref):
-            raise CardRefused(403, "not-allowed", "A card is issued to the patient themself or by a registrar of "
-                                                  "the hospital that manages the patient")
+        if not await self._may_act_for(caller, patient_ref, "card-issue"):
+            raise CardRefused(403, "not-allowed", CARD_ISSUE)
         patient = (await self.records.read("Patient", patient_ref.removeprefix("Patient/")))["resource"]
         on_file = _national_id(patient)
         if on_file is None or on_file.upper() != national_id.strip().upper():
