@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 
 from qilu.auth import Caller, CurrentCaller
+from qilu.paging import Offset
 from qilu.problems import Problem
 
 router = APIRouter(tags=["audit"])
@@ -164,7 +165,7 @@ async def record_denial(request: Request, domain: str, detail: str) -> None:
 
 @router.get("/api/me/access-log")
 async def access_log(request: Request, caller: CurrentCaller, count: int = Query(20, ge=1, le=100),
-                     offset: int = Query(0, ge=0), include_own: bool = False) -> dict[str, Any]:
+                     offset: Offset = 0, include_own: bool = False) -> dict[str, Any]:
     """Who looked at my records, when, from which hospital and why — newest first."""
     if caller.patient_id is None:
         raise Problem(403, "Patients only", "The access log shows a patient the accesses to their own records.")

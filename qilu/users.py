@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qilu.accounts import AccountService, account_patients, account_reference, account_view
 from qilu.audit import record_access
 from qilu.auth import CurrentCaller
+from qilu.paging import Offset
 from qilu.problems import Problem
 
 router = APIRouter(prefix="/api/users", tags=["users"])
@@ -64,7 +65,7 @@ def _organizations(value: str | None) -> list[str]:
 @router.get("")
 async def list_users(request: Request, caller: CurrentCaller, role: Literal["practitioner", "admin"] | None = None,
                      organization: Annotated[str | None, Query(max_length=2000)] = None,
-                     limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                     limit: int = Query(50, ge=1, le=200), offset: Offset = 0) -> dict[str, Any]:
     """Practitioner and administrator accounts, newest first; `organization` takes one hospital or several."""
     docs, total = await accounts(request).list(caller, role, _organizations(organization), limit, offset)
     await record_access(request, caller, "search-type", entities=[account_reference(d) for d in docs], patients=[],

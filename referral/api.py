@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from qilu.audit import record_access, record_denial
 from qilu.auth import CurrentCaller, still_admitted
+from qilu.paging import Offset
 from referral.models import EVENT_POSITION, Action, ActionBody, ReferralBody, RouteBody, public_view
 from referral.service import ReferralRefused, ReferralService
 from referral.store import ReferralFeed
@@ -71,7 +72,7 @@ async def create(body: ReferralBody, request: Request, caller: CurrentCaller,
 @router.get("")
 async def list_referrals(request: Request, caller: CurrentCaller, box: Literal["inbox", "outbox"] = "inbox",
                          status: str | None = Query(None, max_length=20), limit: int = Query(50, ge=1, le=200),
-                         offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                         offset: Offset = 0) -> dict[str, Any]:
     docs, total = await referrals(request).list(caller, box, status, limit, offset)
     await record_access(request, caller, "referral-search", entities=[],
                         patients=sorted({d["patient"] for d in docs}))

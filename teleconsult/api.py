@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from qilu.audit import record_access, record_denial
 from qilu.auth import TOKEN_COOKIE, CurrentCaller
+from qilu.paging import Offset
 from qilu.problems import Problem
 from qilu.settings import Settings
 from teleconsult.hub import SignalingError
@@ -59,7 +60,7 @@ async def create(body: ConsultBody, request: Request, caller: CurrentCaller) -> 
 async def list_consults(request: Request, caller: CurrentCaller,
                         referral: str | None = Query(None, max_length=64, pattern=r"^[A-Za-z0-9\-.]+$"),
                         status: Literal["open", "scheduled", "live", "ended"] | None = None,
-                        limit: int = Query(50, ge=1, le=200), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                        limit: int = Query(50, ge=1, le=200), offset: Offset = 0) -> dict[str, Any]:
     """The consults the caller holds or is invited to (a patient: those about them), newest first; `referral`
     narrows them to one referral's, `status=open` to those not ended."""
     docs, total = await consults(request).list(caller, referral, status, limit, offset)
