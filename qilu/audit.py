@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, WebSocket
 
 from qilu.auth import Caller, CurrentCaller
 from qilu.paging import Offset
@@ -155,10 +155,12 @@ async def record_access(request: Request, caller: Caller | None, interaction: st
     await request.app.state.audit_sink(event)
 
 
-async def record_denial(request: Request, domain: str, detail: str) -> None:
+async def record_denial(request: Request | WebSocket, domain: str, detail: str, *,
+                        caller: Caller | None = None) -> None:
     """A request refused by a domain's own rules (403, or 404 for what the caller may not know of): traced
-    with what was asked for, counted, and held back in a burst. FHIR interactions trace theirs as they run."""
-    caller = getattr(request.state, "caller", None)
+    with what was asked for, counted, and held back in a burst. FHIR interactions trace theirs as they run.
+    `caller`: who asked, where no route dependency left them on the request (a WebSocket)."""
+    caller = caller or getattr(request.state, "caller", None)
     await record_access(request, caller, f"{domain}-refused", entities=[f"urn:qilu:request:{request.url.path}"],
                         patients=[], outcome=OUTCOME_MINOR, description=detail, denied=True)
 

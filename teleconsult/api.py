@@ -208,6 +208,8 @@ async def signaling(websocket: WebSocket, consult_id: str, token: str | None = N
         try:
             caller = await websocket.app.state.tokens.caller(credential or "")
         except Problem as problem:  # 401 for a bad token; 503 when the identity service cannot be reached
+            if problem.status == 401:
+                await record_denial(websocket, "consult", problem.detail or "no valid token")
             await channel.refuse(4000 + problem.status, "bad-token" if problem.status == 401 else "unavailable",
                                  problem.detail or "Log in first: ?token=<access token>")
             return
@@ -227,6 +229,8 @@ async def signaling(websocket: WebSocket, consult_id: str, token: str | None = N
                                 patients=[doc["patient"]])
             presence = await service.join(caller, consult_id, join.consent, channel)
         except ConsultRefused as refused:
+            if refused.status in (403, 404):  # the policy's answer, traced like a refused request's
+                await record_denial(websocket, "consult", refused.detail, caller=caller)
             await channel.refuse(refused.close_code, refused.error, refused.detail)
             return
         rate = MessageRate(settings.consult_messages_per_s, settings.consult_message_burst)
