@@ -83,9 +83,29 @@ async def read_json_body(request: Request) -> Any:
     if not raw.strip():
         raise RecordError.single(400, "required", "The request body is empty; a FHIR resource is expected")
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise RecordError.single(400, "structure", f"The body is not valid JSON: {exc}") from None
+    _check_json(body)
+    return body
+
+
+# orjson parses up to 1024 levels, but validating a resource nested a few hundred levels deep overflows Python's
+# stack (a 500), and MongoDB refuses documents nested over 100 levels (the resource is stored one level down);
+# real resources, in a Bundle too, stay far below this.
+MAX_JSON_DEPTH = 64
+
+
+def _check_json(body: Any) -> None:
+    """Refuse what no FHIR resource holds before anything recursive reads it (walked without recursion)."""
+    stack = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise RecordError.single(400, "structure", f"The body is nested more than {MAX_JSON_DEPTH} levels "
+                                                           "deep; no FHIR resource is")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
 
 
 def _query(request: Request) -> list[tuple[str, str]]:

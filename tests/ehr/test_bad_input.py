@@ -5,6 +5,7 @@ nothing is written; search values are matched as text, never as a query or a reg
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -24,7 +25,8 @@ MARK = "@@BAD@@"  # stands in a resource for the raw JSON of a case, spliced int
 
 def splice(resource: dict[str, Any], raw: bytes) -> bytes:
     """The resource's JSON with the marker string (quotes included) replaced by `raw`, byte for byte."""
-    body = orjson.dumps(resource)
+    # The standard library's encoder, as orjson's stops at 255 levels, short of the deep cases.
+    body = json.dumps(resource, ensure_ascii=False, separators=(",", ":")).encode()
     assert body.count(b'"' + MARK.encode() + b'"') == 1, body[:200]
     return body.replace(b'"' + MARK.encode() + b'"', raw)
 
@@ -103,6 +105,17 @@ async def send_bad(rec: Record, target: str, raw: bytes) -> tuple[Any, str]:
     return response, family
 
 
+async def send_changed(rec: Record, target: str, change) -> tuple[Any, str]:
+    """Send the target's body with `change` applied to its (bad) resource, as JSON."""
+    family = tag()
+    method, path, resource = target_request(rec, target, family)
+    if target == "transaction":
+        resource["entry"][1]["resource"] = change(resource["entry"][1]["resource"])
+    else:
+        resource = change(resource)
+    return await rec.client.request(method, path, content=splice(resource, b'"text"'), headers=JSON_HEADERS), family
+
+
 async def assert_nothing_changed(rec: Record, before: dict[str, Any], good_family: str) -> None:
     assert await rec.snapshot() == before
     assert await total(rec.client, "Patient", {"family": good_family}) == 0
@@ -138,6 +151,34 @@ async def test_body_over_the_size_limit_is_refused(record, settings):
         response, family = await send_bad(record, target, raw)
         assert_outcome(response, 413, "too-costly", diagnostics=f"limit of {settings.max_body_bytes} bytes")
         await assert_nothing_changed(record, before, family)
+
+
+# --- nesting that JSON allows and no resource needs ------------------------------------------------------
+
+
+def nested_extension(levels: int) -> dict[str, Any]:
+    extension: dict[str, Any] = {"url": "http://example.org/leaf", "valueString": "leaf"}
+    for _ in range(levels):
+        extension = {"url": "http://example.org/nested", "extension": [extension]}
+    return extension
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("levels", [40, 150, 400])
+async def test_deeply_nested_extensions_are_refused(record, target, levels):
+    """Each extension level is two JSON levels: 40 is past the limit of 64 (and past MongoDB's 100 once stored),
+    150 used to overflow the validator's stack (500), 400 is within orjson's own limit of 1024."""
+    before = await record.snapshot()
+    response, family = await send_changed(
+        record, target, lambda resource: {**resource, "extension": [nested_extension(levels)]})
+    assert_outcome(response, 400, "structure", diagnostics="nested more than 64 levels")
+    await assert_nothing_changed(record, before, family)
+
+
+async def test_nesting_real_resources_use_is_accepted(record):
+    resource = {**observation(record.patient["id"]), "extension": [nested_extension(12)]}
+    response = await record.client.post("/fhir/Observation", json=resource, headers=JSON_HEADERS)
+    assert response.status_code == 201, response.text
 
 
 # --- valid JSON that is not a valid resource: operators, `$` and `.` keys ---------------------------------
@@ -185,14 +226,7 @@ KEYED = ("$where key in an extension", "$set key at the top", "dotted key in an 
 @pytest.mark.parametrize("how", KEYED)
 async def test_operator_keys_and_dotted_keys_are_refused(record, target, how):
     before = await record.snapshot()
-    family = tag()
-    method, path, resource = target_request(record, target, family)
-    if target == "transaction":
-        resource["entry"][1]["resource"] = _keyed(resource["entry"][1]["resource"], how)
-    else:
-        resource = _keyed(resource, how)
-    resource = orjson.loads(splice(resource, b'"text"'))
-    response = await record.client.request(method, path, json=resource, headers=JSON_HEADERS)
+    response, family = await send_changed(record, target, lambda resource: _keyed(resource, how))
     outcome = assert_outcome(response, 400)
     words = " ".join(i["diagnostics"] for i in outcome["issue"])
     assert ("Unknown element" in words or "valid string" in words), outcome
