@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -94,6 +95,9 @@ async def read_json_body(request: Request) -> Any:
 # stack (a 500), and MongoDB refuses documents nested over 100 levels (the resource is stored one level down);
 # real resources, in a Bundle too, stay far below this.
 MAX_JSON_DEPTH = 64
+# FHIR strings should hold no control characters but tab, CR and LF; the R4B models let them through, so a name
+# with a NUL in it was stored as sent (keys are walked too, though the models refuse unknown ones anyway).
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def _check_json(body: Any) -> None:
@@ -101,10 +105,17 @@ def _check_json(body: Any) -> None:
     stack = [(body, 1)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, dict | list):
+        if isinstance(node, str):
+            if (bad := _CONTROL_CHARACTERS.search(node)) is not None:
+                raise RecordError.single(400, "value", f"A string holds the control character U+{ord(bad.group()):04X}"
+                                                       f" after {node[:bad.start()][-20:]!r}; FHIR strings hold none "
+                                                       "but tab, carriage return and line feed")
+        elif isinstance(node, dict | list):
             if depth > MAX_JSON_DEPTH:
                 raise RecordError.single(400, "structure", f"The body is nested more than {MAX_JSON_DEPTH} levels "
                                                            "deep; no FHIR resource is")
+            if isinstance(node, dict):
+                stack.extend((key, depth) for key in node)
             stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
 
 

@@ -130,6 +130,7 @@ NOT_JSON = {
     "invalid UTF-8 bytes": (b'"a\xff\xfeb"', "UTF-8"),
     "UTF-8 encoded surrogate": (b'"a\xed\xa0\x80b"', "UTF-8"),
     "truncated UTF-8 sequence": (b'"a\xe4\xb8"', "UTF-8"),
+    "raw NUL byte in a string": (b'"a\x00b"', "control character"),
 }
 
 
@@ -151,6 +152,34 @@ async def test_body_over_the_size_limit_is_refused(record, settings):
         response, family = await send_bad(record, target, raw)
         assert_outcome(response, 413, "too-costly", diagnostics=f"limit of {settings.max_body_bytes} bytes")
         await assert_nothing_changed(record, before, family)
+
+
+# --- control characters, escaped as JSON allows ----------------------------------------------------------
+
+CONTROL_CHARACTERS = {
+    "NUL": (b'"a\\u0000b"', "U+0000"),
+    "NUL alone": (b'"\\u0000"', "U+0000"),
+    "escape": (b'"a\\u001b[2Jb"', "U+001B"),
+    "backspace": (b'"ab\\b"', "U+0008"),
+    "NUL in a key": (b'"x","fam\\u0000ily":"y"', "U+0000"),
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", CONTROL_CHARACTERS)
+async def test_control_characters_in_strings_are_refused(record, target, case):
+    raw, words = CONTROL_CHARACTERS[case]
+    before = await record.snapshot()
+    response, family = await send_bad(record, target, raw)
+    assert_outcome(response, 400, "value", diagnostics=words)
+    await assert_nothing_changed(record, before, family)
+
+
+async def test_tab_and_line_breaks_are_kept(record):
+    resource = {**observation(record.patient["id"]), "note": [{"text": "line 1\r\n\tline 2"}]}
+    response = await record.client.post("/fhir/Observation", json=resource, headers=JSON_HEADERS)
+    assert response.status_code == 201, response.text
+    assert response.json()["note"][0]["text"] == "line 1\r\n\tline 2"
 
 
 # --- nesting that JSON allows and no resource needs ------------------------------------------------------
