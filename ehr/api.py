@@ -100,23 +100,34 @@ MAX_JSON_DEPTH = 64
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
+# FHIR: "strings SHALL NOT exceed 1 MB". base64Binary is not a string (a 3 MB attachment is fine) and neither is
+# the narrative's xhtml; these are the element names that hold them in R4B.
+MAX_STRING_CHARS = 1024 * 1024
+_NOT_STRINGS = frozenset({"data", "hash", "query", "carrierAIDC", "div"})
+
+
 def _check_json(body: Any) -> None:
     """Refuse what no FHIR resource holds before anything recursive reads it (walked without recursion)."""
-    stack = [(body, 1)]
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
     while stack:
-        node, depth = stack.pop()
+        node, depth, key = stack.pop()
         if isinstance(node, str):
             if (bad := _CONTROL_CHARACTERS.search(node)) is not None:
                 raise RecordError.single(400, "value", f"A string holds the control character U+{ord(bad.group()):04X}"
                                                        f" after {node[:bad.start()][-20:]!r}; FHIR strings hold none "
                                                        "but tab, carriage return and line feed")
+            if len(node) > MAX_STRING_CHARS and key not in _NOT_STRINGS and not key.endswith("Base64Binary"):
+                raise RecordError.single(400, "too-long", f"{key or 'A string'} is {len(node)} characters long; "
+                                                          f"FHIR strings are at most {MAX_STRING_CHARS}")
         elif isinstance(node, dict | list):
             if depth > MAX_JSON_DEPTH:
                 raise RecordError.single(400, "structure", f"The body is nested more than {MAX_JSON_DEPTH} levels "
                                                            "deep; no FHIR resource is")
             if isinstance(node, dict):
-                stack.extend((key, depth) for key in node)
-            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+                stack.extend((name, depth, "") for name in node)
+                stack.extend((child, depth + 1, name) for name, child in node.items())
+            else:
+                stack.extend((child, depth + 1, key) for child in node)
 
 
 def _query(request: Request) -> list[tuple[str, str]]:
