@@ -6,15 +6,16 @@ so the same code runs on MongoDB and on FerretDB.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import UTC, datetime
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
-from ehr.models import RESOURCE_TYPES
+from ehr.models import RESOURCE_TYPES, RecordError
 from ehr.search import SEARCH_PARAMETERS
 
 HISTORY = "resource_history"
@@ -41,6 +42,18 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     await history.create_index([("updated", DESCENDING)], name="updated")
 
 
+@contextmanager
+def _fits() -> Iterator[None]:
+    """A current version is the resource and its search index, which repeats indexed strings several times over: a
+    resource within the body limit can make a document past MongoDB's 16 MB, which the driver refuses (a 500)."""
+    try:
+        yield
+    except DocumentTooLarge:
+        raise RecordError.single(413, "too-costly", "The resource is too large to store with its search index "
+                                                    "(MongoDB holds at most 16 MB a document); make its texts "
+                                                    "shorter") from None
+
+
 class RecordStore:
     """Reads and single-document writes of FHIR resource documents.
 
@@ -59,7 +72,8 @@ class RecordStore:
     async def insert_first_version(self, resource_type: str, document: dict[str, Any]) -> bool:
         """False when a document with that id already exists (a concurrent create won)."""
         try:
-            await self.db[resource_type].insert_one(document)
+            with _fits():
+                await self.db[resource_type].insert_one(document)
             return True
         except DuplicateKeyError:
             return False
@@ -67,7 +81,8 @@ class RecordStore:
     async def replace_if_version(self, resource_type: str, resource_id: str, expected_vid: int,
                                  document: dict[str, Any]) -> bool:
         """Replace the current version only if it is still `expected_vid` (optimistic lock)."""
-        result = await self.db[resource_type].replace_one({"_id": resource_id, "vid": expected_vid}, document)
+        with _fits():
+            result = await self.db[resource_type].replace_one({"_id": resource_id, "vid": expected_vid}, document)
         return result.matched_count == 1
 
     async def restore(self, resource_type: str, previous: dict[str, Any] | None, resource_id: str) -> None:

@@ -167,6 +167,30 @@ async def test_body_over_the_size_limit_is_refused(record, settings):
         await assert_nothing_changed(record, before, family)
 
 
+@pytest.mark.parametrize("target", ["create Patient", "update Patient", "transaction"])
+async def test_resource_too_large_to_store_with_its_index_is_refused(record, target):
+    """Four names of a million characters each: every string within FHIR's 1 MB and the body within its limit,
+    but the names are indexed several times over, past the 16 MB a MongoDB document may hold."""
+    before = await record.snapshot()
+    family = tag()
+    names = [{"family": c * 1_000_000, "given": [tag()]} for c in "wxyz"]
+    if target == "create Patient":
+        method, path, body = "POST", "/fhir/Patient", patient(organization=record.world.home, name=names)
+    elif target == "update Patient":
+        method, path, body = "PUT", f"/fhir/Patient/{record.patient['id']}", {**record.patient, "name": names}
+    else:
+        method, path, body = "POST", "/fhir", transaction(
+            post_entry(patient(organization=record.world.home, family=family)),
+            post_entry(patient(organization=record.world.home, name=names)))
+    response = await record.client.request(method, path, json=body, headers=JSON_HEADERS)
+    assert_outcome(response, 413, "too-costly", diagnostics="too large to store")
+    await assert_nothing_changed(record, before, family)
+    if target == "create Patient":  # its ID number was not kept either
+        again = await record.client.post("/fhir/Patient", json={**body, "name": [{"family": family}]},
+                                         headers=JSON_HEADERS)
+        assert again.status_code == 201, again.text
+
+
 async def test_large_attachments_are_not_strings(record):
     """base64Binary is not held to the 1 MB of a string: a 3 MB photo is stored."""
     photo = {"contentType": "image/png", "data": base64.b64encode(b"\x89PNG" * (MB // 2)).decode()}
