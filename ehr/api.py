@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Awaitable
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -21,6 +20,7 @@ from ehr.capability import capability_statement
 from ehr.cards import CardRefused, CardService
 from ehr.export import NDJSON, UNDER_WAY, parse_export_request
 from ehr.models import RecordError
+from ehr.search import CONTROL_CHARACTERS
 from ehr.service import RecordService, Written
 from ehr.store import RecordStore
 from fhir_profiles.structure_definitions import load_structure_definitions
@@ -95,9 +95,9 @@ async def read_json_body(request: Request) -> Any:
 # stack (a 500), and MongoDB refuses documents nested over 100 levels (the resource is stored one level down);
 # real resources, in a Bundle too, stay far below this.
 MAX_JSON_DEPTH = 64
-# FHIR strings should hold no control characters but tab, CR and LF; the R4B models let them through, so a name
-# with a NUL in it was stored as sent (keys are walked too, though the models refuse unknown ones anyway).
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+# FHIR strings should hold no control characters but tab, CR and LF (search.CONTROL_CHARACTERS); the R4B models
+# let them through, so a name with a NUL in it was stored as sent (keys are walked too, though the models refuse
+# unknown ones anyway).
 
 
 # FHIR: "strings SHALL NOT exceed 1 MB". base64Binary is not a string (a 3 MB attachment is fine) and neither is
@@ -112,7 +112,7 @@ def _check_json(body: Any) -> None:
     while stack:
         node, depth, key = stack.pop()
         if isinstance(node, str):
-            if (bad := _CONTROL_CHARACTERS.search(node)) is not None:
+            if (bad := CONTROL_CHARACTERS.search(node)) is not None:
                 raise RecordError.single(400, "value", f"A string holds the control character U+{ord(bad.group()):04X}"
                                                        f" after {node[:bad.start()][-20:]!r}; FHIR strings hold none "
                                                        "but tab, carriage return and line feed")

@@ -866,6 +866,9 @@ UNSUPPORTED_PARAMS = {"_text", "_content", "_list", "_has", "_type", "_query", "
                       "_containedType", "_source"}
 DATE_PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _UNSUPPORTED_MODIFIERS = {"above", "below", "in", "not-in", "of-type", "identifier", "iterate", "recurse"}
+# No FHIR string holds these (all C0 controls but tab, CR and LF); in a search value a NUL reached MongoDB's
+# $regex, which refuses embedded NULs (a 500 there), so they are refused in names and values alike.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 def _split_unescaped(text: str, sep: str) -> list[str]:
@@ -1155,6 +1158,9 @@ def parse_search(resource_type: str, params: list[tuple[str, str]], *, base_url:
         modifier = modifier or None
 
         try:
+            if (bad := CONTROL_CHARACTERS.search(key + value)) is not None:
+                raise SearchValueError(f"the search holds the control character U+{ord(bad.group()):04X}; "
+                                       "FHIR strings hold none but tab, carriage return and line feed")
             if name in ("_format", "_pretty"):
                 continue  # the API negotiates the format; the Bundle is always pretty enough
             if name == "_count":

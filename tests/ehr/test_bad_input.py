@@ -384,6 +384,35 @@ async def test_where_as_a_parameter_name_is_not_applied(record):
         assert_outcome(strict, 400, "not-supported", diagnostics=name)
 
 
+# --- search values that no FHIR string holds ------------------------------------------------------------
+
+SEARCHES_WITH_CONTROL_CHARACTERS = [
+    ("Patient", "family=a%00b", "family"), ("Patient", "family:exact=a%00b", "family:exact"),
+    ("Patient", "family:contains=%00", "family:contains"), ("Patient", "name=%1B%5B2J", "name"),
+    ("Patient", "_id=%00", "_id"), ("Patient", "identifier=a%00%7Cb", "identifier"),
+    ("Patient", "fam%00ily=x", "fam\x00ily"), ("Patient", "_sort=family%00", "_sort"),
+    ("Observation", "code=%00", "code"), ("Observation", "code=http://loinc.org%7C8480-6%00", "code"),
+    ("Observation", "code:text=%08", "code:text"),
+]
+
+
+@pytest.mark.parametrize("path, query, expression", SEARCHES_WITH_CONTROL_CHARACTERS)
+async def test_control_characters_in_search_are_refused(record, path, query, expression):
+    response = await record.client.get(f"/fhir/{path}?{query}")
+    assert_outcome(response, 400, "value", expression=expression, diagnostics="control character")
+    response = await record.client.post(f"/fhir/{path}/_search", content=query.encode(),
+                                        headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert_outcome(response, 400, "value", expression=expression, diagnostics="control character")
+
+
+async def test_control_characters_in_if_none_exist_are_refused(record):
+    before = await record.snapshot()
+    response = await record.client.post("/fhir/Patient", json=patient(organization=record.world.home),
+                                        headers={**JSON_HEADERS, "If-None-Exist": "family=a%00b"})
+    assert_outcome(response, 400, "value", diagnostics="control character")
+    assert await record.snapshot() == before
+
+
 # --- _count and _offset ------------------------------------------------------------------------------
 
 # 10^9 is refused as not a count at all (more than nine digits); 501..999999999 are lowered (the test below).
