@@ -121,9 +121,65 @@ ROLE_RULES: dict[str, dict[str, Decision]] = {
     "access-log": {"patient": ALLOW, "practitioner": refuse("The access log is the patient's own"),
                    "admin": refuse("The access log is the patient's own")},
     "transfer": {"patient": refuse(PATIENT_WRITES_NOTHING), "practitioner": ALLOW, "admin": ALLOW},
+    # Making, routing and working referrals and holding consults.
+    "referral-work": {"patient": refuse(PATIENT_WRITES_NOTHING), "practitioner": ALLOW, "admin": refuse(NO_CLINICAL)},
     "users": {"patient": refuse("Users are managed by administrators"),
               "practitioner": refuse("Users are managed by administrators"), "admin": ALLOW},
 }
+
+
+# Referrals and consults, by how the caller stands to the referral or consult itself. A referral's parties are
+# the practitioners of its two hospitals (and of those it was offered to on the way); they keep the referral
+# itself, while the record behind it is shared only as the `read` row above says (an active Consent). A
+# consult's are its host, the practitioners invited and the patient when invited. What a party may do next
+# (which side accepts, who schedules) is the referral workflow's.
+PARTY, HOST, GUEST, INVITED_PATIENT, ITS_PATIENT, OUTSIDER = (
+    "party", "host", "guest", "invited-patient", "its-patient", "outsider")
+NOT_INVITED = "You are not invited to this consult"
+HOST_ENDS = "Only the practitioner who holds the consult ends it"
+OPINION_BY_PRACTITIONERS = ("The consult opinion is written by the practitioner who holds the consult or one "
+                            "invited to it")
+PARTY_RULES: dict[str, dict[str, Decision]] = {
+    "referral-read": {PARTY: ALLOW, ITS_PATIENT: ALLOW, OUTSIDER: HIDE, ADMIN: HIDE},
+    # Practitioners only (the role row of the same name decides the others before any lookup).
+    "referral-work": {PARTY: ALLOW, OUTSIDER: HIDE},
+    "consult-read": {HOST: ALLOW, GUEST: ALLOW, INVITED_PATIENT: ALLOW, ITS_PATIENT: ALLOW, OUTSIDER: HIDE,
+                     ADMIN: HIDE},
+    "consult-join": {HOST: ALLOW, GUEST: ALLOW, INVITED_PATIENT: ALLOW, ITS_PATIENT: refuse(NOT_INVITED),
+                     OUTSIDER: HIDE, ADMIN: HIDE},
+    "consult-end": {HOST: ALLOW, GUEST: refuse(HOST_ENDS), INVITED_PATIENT: refuse(HOST_ENDS),
+                    ITS_PATIENT: refuse(HOST_ENDS), OUTSIDER: HIDE, ADMIN: HIDE},
+    "consult-opinion": {HOST: ALLOW, GUEST: ALLOW, INVITED_PATIENT: refuse(OPINION_BY_PRACTITIONERS),
+                        ITS_PATIENT: refuse(OPINION_BY_PRACTITIONERS), OUTSIDER: HIDE, ADMIN: HIDE},
+    # What the media hub runs for a room: its host, and administrators (no patient data in it).
+    "consult-diagnostics": {HOST: ALLOW, GUEST: HIDE, INVITED_PATIENT: HIDE, ITS_PATIENT: HIDE, OUTSIDER: HIDE,
+                            ADMIN: ALLOW},
+}
+
+
+def referral_party(caller: Caller, doc: dict[str, Any]) -> str:
+    """How the caller stands to a stored referral."""
+    if caller.role == "admin":
+        return ADMIN
+    if caller.role == "patient":
+        return ITS_PATIENT if doc["patient"] == caller.fhir_user else OUTSIDER
+    hospitals = {doc["origin"], doc["target"], *doc.get("tried", [])}
+    return PARTY if caller.role == "practitioner" and caller.organization in hospitals else OUTSIDER
+
+
+def consult_party(caller: Caller, doc: dict[str, Any]) -> str:
+    """How the caller stands to a stored consult."""
+    if caller.role == "admin":
+        return ADMIN
+    if caller.role == "practitioner":
+        return HOST if caller.fhir_user == doc["host"] else GUEST if caller.fhir_user in doc["invited"] else OUTSIDER
+    if caller.role == "patient" and caller.fhir_user == doc["patient"]:
+        return INVITED_PATIENT if doc.get("invite_patient", False) else ITS_PATIENT
+    return OUTSIDER
+
+
+def decide_party(action: str, relation: str) -> Decision:
+    return PARTY_RULES[action][relation]
 
 
 def decide(action: str, relation: str) -> Decision:
@@ -171,6 +227,11 @@ def who_sees_what() -> str:
     lines += ["", "| action | " + " | ".join(ROLES) + " |", "|---" * (len(ROLES) + 1) + "|"]
     for action, by_role in ROLE_RULES.items():
         cells = [words.get(by_role[r].outcome, "refused (403)") for r in ROLES]
+        lines.append(f"| {action} | " + " | ".join(cells) + " |")
+    parties = list(dict.fromkeys(relation for row in PARTY_RULES.values() for relation in row))
+    lines += ["", "| action | " + " | ".join(parties) + " |", "|---" * (len(parties) + 1) + "|"]
+    for action, row in PARTY_RULES.items():
+        cells = [words.get(row[r].outcome, "refused (403)") if r in row else "" for r in parties]
         lines.append(f"| {action} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from ehr.access import Reach
+from ehr.access import Reach, decide_by_role, decide_party, referral_party
 from ehr.models import RecordError
 from ehr.service import RecordService
 from fhir_profiles.divisions import is_valid_division_code
@@ -129,17 +129,17 @@ class ReferralService:
     # --- who may do what ------------------------------------------------------------------------------
 
     def _require_practitioner(self, caller: Caller) -> str:
-        if caller.role != "practitioner" or not caller.organization:
+        decision = decide_by_role("referral-work", caller.role)
+        if not decision.allowed:
+            raise ReferralRefused(403, "Practitioners only", decision.rule)
+        if not caller.organization:
             raise ReferralRefused(403, "Practitioners only", "Referrals are made and worked by practitioners of "
                                                              "a hospital")
         return caller.organization
 
-    def _may_see(self, caller: Caller, doc: dict[str, Any]) -> bool:
-        if caller.role == "patient":
-            return doc["patient"] == caller.fhir_user
-        if caller.role == "practitioner":
-            return caller.organization in (doc["origin"], doc["target"]) or caller.organization in doc.get("tried", [])
-        return False
+    @staticmethod
+    def _may_see(caller: Caller, doc: dict[str, Any]) -> bool:
+        return decide_party("referral-read", referral_party(caller, doc)).allowed
 
     async def _reach(self, caller: Caller) -> Reach:
         return Reach(caller, self.records.store, self.shared_patients)

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from ehr.access import Reach, SharedPatients
+from ehr.access import Reach, SharedPatients, consult_party, decide_party
 from ehr.models import RecordError
 from ehr.service import RecordService
 from qilu.auth import Caller
@@ -53,6 +53,11 @@ class ConsultRefused(Exception):
     @property
     def error(self) -> str:
         return self.title.lower().replace(" ", "-")
+
+
+# The short name of each refusal (over the WebSocket its `error`, as clients know it).
+REFUSAL_TITLES = {"consult-join": "Not invited", "consult-end": "Host only",
+                  "consult-opinion": "Practitioners of the consult only"}
 
 
 def not_found(consult_id: str) -> ConsultRefused:
@@ -139,9 +144,20 @@ class ConsultService:
             return caller.fhir_user == doc["host"] or caller.fhir_user in doc["invited"]
         return caller.role == "patient" and doc.get("invite_patient", False) and caller.fhir_user == doc["patient"]
 
-    def _may_see(self, caller: Caller, doc: dict[str, Any]) -> bool:
+    @staticmethod
+    def _may_see(caller: Caller, doc: dict[str, Any]) -> bool:
         # The patient sees every consult about them; joining takes an invitation.
-        return self.is_invited(caller, doc) or (caller.role == "patient" and caller.fhir_user == doc["patient"])
+        return decide_party("consult-read", consult_party(caller, doc)).allowed
+
+    def _party_check(self, action: str, caller: Caller, doc: dict[str, Any] | None, consult_id: str
+                     ) -> dict[str, Any]:
+        """The policy's answer for `action` on this consult: 404 as if missing, or 403 naming the rule."""
+        decision = decide_party(action, consult_party(caller, doc)) if doc is not None else None
+        if decision is None or decision.outcome == "hide":
+            raise not_found(consult_id)
+        if not decision.allowed:
+            raise ConsultRefused(403, REFUSAL_TITLES.get(action, "Not allowed"), decision.rule)
+        return doc
 
     async def get(self, caller: Caller, consult_id: str) -> dict[str, Any]:
         doc = await self.store.get(consult_id)
@@ -257,10 +273,7 @@ class ConsultService:
     # --- joining and leaving ----------------------------------------------------------------------------------
 
     def check_joinable(self, caller: Caller, doc: dict[str, Any] | None, consult_id: str) -> dict[str, Any]:
-        if doc is None:
-            raise not_found(consult_id)
-        if not self.is_invited(caller, doc):
-            raise ConsultRefused(403, "Not invited", "You are not invited to this consult")
+        self._party_check("consult-join", caller, doc, consult_id)
         if doc["status"] == "ended":
             raise ConsultRefused(409, "Consult ended", "This consult has ended")
         opens = _aware(doc["scheduled"]) - timedelta(seconds=self.rules.opens_before_s)
@@ -383,9 +396,7 @@ class ConsultService:
 
     async def end(self, caller: Caller, consult_id: str) -> dict[str, Any]:
         async with self._lock(consult_id):
-            doc = await self.get(caller, consult_id)
-            if not self.is_host(caller, doc):
-                raise ConsultRefused(403, "Host only", "Only the practitioner who holds the consult ends it")
+            doc = self._party_check("consult-end", caller, await self.store.get(consult_id), consult_id)
             if doc["status"] == "ended":
                 raise ConsultRefused(409, "Consult ended", "This consult has ended already")
             return await self._end(doc, by=caller.who, reason="host")
@@ -482,13 +493,9 @@ class ConsultService:
     # --- the consult note ------------------------------------------------------------------------------------
 
     async def opinion(self, caller: Caller, consult_id: str, body: OpinionBody) -> tuple[dict[str, Any], str]:
-        doc = await self.get(caller, consult_id)
         # Either side may hold the consult (the specialist often does, inviting the referring doctor), so the note is
         # written by whichever practitioner took part: the host or one invited. The patient never writes it.
-        if caller.role != "practitioner" or not self.is_invited(caller, doc):
-            raise ConsultRefused(403, "Practitioners of the consult only",
-                                 "The consult opinion is written by the practitioner who holds the consult or one "
-                                 "invited to it")
+        doc = self._party_check("consult-opinion", caller, await self.store.get(consult_id), consult_id)
         if doc["status"] == "scheduled":
             raise ConsultRefused(409, "Consult not held yet", "Write the opinion once the consult has started")
         written, _ = await self.records.create("Composition", opinion_composition(
@@ -565,9 +572,7 @@ class ConsultService:
     # --- diagnostics ------------------------------------------------------------------------------------------
 
     async def diagnostics(self, caller: Caller, consult_id: str) -> dict[str, Any]:
-        doc = await self.store.get(consult_id)
-        if doc is None or not (caller.role == "admin" or self.is_host(caller, doc)):
-            raise not_found(consult_id)
+        self._party_check("consult-diagnostics", caller, await self.store.get(consult_id), consult_id)
         report = self.hub.diagnostics(consult_id)
         report["present"] = len(self.present(consult_id))
         report["graceTimers"] = sum(1 for t in self._timers.values() if not t.done())

@@ -162,7 +162,9 @@ async def test_refusals_are_clean_and_the_room_keeps_working(consult_server, peo
         await asyncio.gather(receives_everyone(host, [specialist]), receives_everyone(specialist, [host]))
 
         await refused("not-a-token", None, 4401, "bad-token")
-        await refused(people.outsider.token, None, 4403, "not-invited")
+        # a doctor outside the consult learns nothing of it; its patient, not invited, is told so
+        await refused(people.outsider.token, None, 4404, "consult-not-found")
+        await refused(people.patient.token, None, 4403, "not-invited")
         # the refused join is in the trail as a failure, naming the room asked for (newest first: the outsider
         # is refused elsewhere in the run too)
         trail = await people.admin.http.get("/fhir/AuditEvent", params={"agent": people.outsider.role,
@@ -257,7 +259,7 @@ async def test_the_portal_session_cookie_opens_the_socket_from_our_own_pages_onl
         await refused(by_cookie(people.host, 3, consult_server.base, cookie="not-a-token"), 4401, "bad-token")
         await refused(ConsultPeer(consult_server.ws, consult["id"], None, mark=3, hertz=TONES[3]), 4401, "bad-token")
         # An outsider's own cookie from our own page is still only theirs: not invited.
-        await refused(by_cookie(people.outsider, 3, consult_server.base), 4403, "not-invited")
+        await refused(by_cookie(people.outsider, 3, consult_server.base), 4404, "consult-not-found")
         assert host.close_code is None and specialist.close_code is None
     finally:
         for p in (host, specialist):
