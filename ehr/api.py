@@ -212,6 +212,7 @@ async def export_kick_off(request: Request, caller: CurrentCaller) -> Response:
     """Start an export of every patient in the caller's reach; answers 202 with where to ask how it goes."""
     params = _query(request)
     try:
+        request.app.state.exports.admit(caller)
         wanted = parse_export_request(params, request.headers.get("prefer", ""))
         job = await request.app.state.exports.start(caller, wanted, str(request.url))
     except RecordError as exc:

@@ -238,8 +238,9 @@ class CardService:
         return token, expires
 
     async def verify(self, caller: Caller, token: str) -> dict[str, Any]:
-        if not decide_by_role("card-verify", caller.role).allowed:
-            raise CardRefused(403, "not-allowed", "Cards are verified by hospital staff (practitioners)")
+        decision = decide_by_role("card-verify", caller.role)
+        if not decision.allowed:
+            raise CardRefused(403, "not-allowed", decision.rule)
         try:
             compact = jws.extract_compact(token.strip().encode())
             header = compact.protected

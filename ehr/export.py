@@ -21,7 +21,7 @@ import structlog
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING
 
-from ehr.access import Reach, SharedPatients
+from ehr.access import Reach, SharedPatients, decide_by_role, refused
 from ehr.models import RecordError
 from ehr.search import COMPARTMENT_PATHS, SearchValueError, parse_instant
 from ehr.service import RecordService, fhir_instant, now_utc
@@ -94,10 +94,15 @@ class BulkExports:
 
     # --- kick-off, status, files, cancel (the API's side) ---------------------------------------------------
 
+    @staticmethod
+    def admit(caller: Caller) -> None:
+        """The policy's row for reading clinical data, asked before the request is even parsed."""
+        decision = decide_by_role("clinical-read", caller.role)
+        if not decision.allowed:
+            raise refused(decision.rule)
+
     async def start(self, caller: Caller, request: ExportRequest, request_url: str) -> dict[str, Any]:
-        if caller.role not in ("practitioner", "patient"):
-            raise RecordError.single(403, "forbidden", "Administrators manage users and the directory and export "
-                                                       "no clinical data")
+        self.admit(caller)
         if await self.jobs.count_documents({"user": caller.user_id, "status": {"$in": list(UNDER_WAY)}}) \
                 >= MAX_OPEN_EXPORTS:
             raise RecordError.single(429, "throttled", f"You have {MAX_OPEN_EXPORTS} exports under way; wait for "

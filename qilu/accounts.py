@@ -170,8 +170,9 @@ class AccountService:
 
     @staticmethod
     def _require_admin(caller: Caller) -> None:
-        if not decide_by_role("users", caller.role).allowed:  # the access policy's row for accounts
-            raise Problem(403, "Administrators only", "Accounts are managed by administrators")
+        decision = decide_by_role("users", caller.role)  # the access policy's row for accounts
+        if not decision.allowed:
+            raise Problem(403, "Administrators only", decision.rule)
 
     async def _managed(self, user_id: str, action: str | None = None) -> dict[str, Any]:
         doc = await self.users.document(user_id)

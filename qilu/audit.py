@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request, WebSocket
 
+from ehr.access import decide_by_role
 from qilu.auth import Caller, CurrentCaller
 from qilu.paging import Offset
 from qilu.problems import Problem
@@ -169,8 +170,9 @@ async def record_denial(request: Request | WebSocket, domain: str, detail: str, 
 async def access_log(request: Request, caller: CurrentCaller, count: int = Query(20, ge=1, le=100),
                      offset: Offset = 0, include_own: bool = False) -> dict[str, Any]:
     """Who looked at my records, when, from which hospital and why — newest first."""
-    if caller.patient_id is None:
-        raise Problem(403, "Patients only", "The access log shows a patient the accesses to their own records.")
+    decision = decide_by_role("access-log", caller.role)
+    if not decision.allowed or caller.patient_id is None:
+        raise Problem(403, "Patients only", decision.rule or "The access log is the patient's own")
     reader = request.app.state.access_log_reader
     return await reader(caller.fhir_user, exclude_agent=None if include_own else caller.fhir_user,
                         count=count, offset=offset)

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from ehr.access import Reach, SharedPatients, consult_party, decide_party
+from ehr.access import Reach, SharedPatients, consult_party, decide_by_role, decide_party
 from ehr.models import RecordError
 from ehr.service import RecordService
 from qilu.auth import Caller
@@ -186,8 +186,9 @@ class ConsultService:
     # --- holding a consult ---------------------------------------------------------------------------------
 
     async def create(self, caller: Caller, body: ConsultBody) -> dict[str, Any]:
-        if caller.role != "practitioner" or not caller.fhir_user:
-            raise ConsultRefused(403, "Practitioners only", "Consults are held by practitioners")
+        decision = decide_by_role("referral-work", caller.role)
+        if not decision.allowed or not caller.fhir_user:
+            raise ConsultRefused(403, "Practitioners only", decision.rule or "Consults are held by practitioners")
         referral_id = None
         patient = body.patient
         if body.referral:
