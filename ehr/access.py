@@ -157,6 +157,103 @@ PARTY_RULES: dict[str, dict[str, Decision]] = {
 }
 
 
+# Every route of the service and the gate that decides it, checked against the app by tests/test_route_matrix.py
+# (a route without a row, or a row without a route, fails it). A gate is one of:
+#   "public"            anyone, signed in or not (nothing about a patient);
+#   "signed-in"         any signed-in caller, about themself only;
+#   "page:ROLE,..."     a page shell for those roles (the data it shows comes through the API);
+#   "role:ACTION"       the ROLE_RULES row ACTION, before anything is looked up;
+#   "patient:ACTION"    the RULES row ACTION, by the caller's relation to the patient;
+#   "party:ACTION"      the PARTY_RULES row ACTION, by how the caller stands to the referral or consult;
+#   "type"              the row type_action() names for the resource type, then "read"/"create"/"write" by patient.
+# A route may name several gates, asked in order.
+ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("GET", "/openapi.json"): ("public",),
+    ("GET", "/docs"): ("public",),
+    ("GET", "/docs/oauth2-redirect"): ("public",),
+    ("GET", "/redoc"): ("public",),
+    ("GET", "/healthz"): ("public",),
+    ("GET", "/readyz"): ("public",),
+    ("GET", "/metrics"): ("public",),
+    ("GET", "/.well-known/jwks.json"): ("public",),
+    ("POST", "/api/auth/token"): ("public",),
+    ("GET", "/fhir/metadata"): ("public",),
+    ("GET", "/fhir/StructureDefinition"): ("public",),
+    ("GET", "/fhir/StructureDefinition/{definition_id}"): ("public",),
+    # FHIR: each entry of a Bundle is asked as the interaction it is.
+    ("POST", "/fhir"): ("type",),
+    ("GET", "/fhir/{resource_type}/_history"): ("type",),
+    ("GET", "/fhir/{resource_type}/{resource_id}/_history"): ("type",),
+    ("GET", "/fhir/{resource_type}/{resource_id}/_history/{version_id}"): ("type",),
+    ("GET", "/fhir/{resource_type}"): ("type",),
+    ("POST", "/fhir/{resource_type}/_search"): ("type",),
+    ("POST", "/fhir/{resource_type}"): ("type",),
+    ("GET", "/fhir/{resource_type}/{resource_id}"): ("type",),
+    ("PUT", "/fhir/{resource_type}/{resource_id}"): ("type",),
+    ("DELETE", "/fhir/{resource_type}/{resource_id}"): ("type",),
+    ("GET", "/fhir/Patient/{patient_id}/$everything"): ("role:clinical-read", "patient:read"),
+    ("POST", "/fhir/Patient/{patient_id}/$transfer"): ("role:transfer", "patient:transfer"),
+    # Bulk export: what the caller may read, each resource asked as a search would; the job is its owner's.
+    ("GET", "/fhir/Patient/$export"): ("role:clinical-read", "patient:read"),
+    ("GET", "/fhir/$export"): ("signed-in",),  # not offered (400 to all): only the patient-level export is
+    ("GET", "/fhir/$export-status/{job_id}"): ("signed-in",),
+    ("DELETE", "/fhir/$export-status/{job_id}"): ("signed-in",),
+    ("GET", "/fhir/$export-file/{job_id}/{name}"): ("signed-in",),
+    ("GET", "/api/me"): ("signed-in",),
+    ("GET", "/api/me/access-log"): ("role:access-log",),
+    ("GET", "/api/users"): ("role:users",),
+    ("POST", "/api/users"): ("role:users",),
+    ("POST", "/api/users/lookup"): ("role:users",),
+    ("GET", "/api/users/{user_id}"): ("role:users",),
+    ("POST", "/api/users/{user_id}/password"): ("role:users",),
+    ("POST", "/api/users/{user_id}/{action}"): ("role:users",),
+    ("POST", "/api/cards"): ("patient:card-issue",),
+    ("GET", "/api/cards/mine"): ("signed-in",),
+    ("POST", "/api/cards/verify"): ("role:card-verify",),
+    ("GET", "/api/cards/{card_id}"): ("patient:card",),
+    ("GET", "/api/cards/{card_id}/qr"): ("patient:card-qr",),
+    ("POST", "/api/cards/{card_id}/{action}"): ("patient:card",),
+    ("POST", "/api/referrals/route"): ("role:referral-work",),
+    ("POST", "/api/referrals"): ("role:referral-work", "patient:refer-up", "patient:refer"),
+    ("GET", "/api/referrals"): ("party:referral-read",),
+    ("GET", "/api/referrals/stats"): ("party:referral-read",),
+    ("GET", "/api/referrals/events"): ("party:referral-read",),
+    ("GET", "/api/referrals/{referral_id}"): ("party:referral-read",),
+    ("POST", "/api/referrals/{referral_id}/{action}"): ("role:referral-work", "party:referral-work"),
+    ("POST", "/api/consults"): ("role:referral-work", "patient:consult"),
+    ("GET", "/api/consults"): ("party:consult-read",),
+    ("GET", "/api/consults/{consult_id}"): ("party:consult-read",),
+    ("POST", "/api/consults/{consult_id}/end"): ("party:consult-end",),
+    ("POST", "/api/consults/{consult_id}/opinion"): ("party:consult-opinion",),
+    ("GET", "/api/consults/{consult_id}/recording"): ("party:consult-read",),
+    ("GET", "/api/consults/{consult_id}/diagnostics"): ("party:consult-diagnostics",),
+    ("WEBSOCKET", "/api/consults/{consult_id}/ws"): ("party:consult-join",),
+    # The web: login and language are open; each page is a shell for its roles.
+    ("GET", "/static"): ("public",),
+    ("GET", "/"): ("page:",),
+    ("GET", "/login"): ("public",),
+    ("POST", "/login"): ("public",),
+    ("GET", "/session/resume"): ("public",),
+    ("POST", "/session/refresh"): ("public",),
+    ("POST", "/logout"): ("public",),
+    ("GET", "/lang/{code}"): ("public",),
+    ("GET", "/patients"): ("page:practitioner",),
+    ("GET", "/patients/{patient_id}"): ("page:practitioner",),
+    ("GET", "/me"): ("page:patient",),
+    ("GET", "/me/card"): ("page:patient",),
+    ("GET", "/me/access"): ("page:patient",),
+    ("GET", "/referrals/new"): ("page:practitioner",),
+    ("GET", "/referrals/inbox"): ("page:practitioner",),
+    ("GET", "/referrals/outbox"): ("page:practitioner",),
+    ("GET", "/referrals/{referral_id}"): ("page:practitioner",),
+    ("GET", "/me/referrals"): ("page:patient",),
+    ("GET", "/admin"): ("page:admin",),
+    ("GET", "/admin/directory"): ("page:admin",),
+    ("GET", "/admin/users"): ("page:admin",),
+    ("GET", "/consults/{consult_id}"): ("page:practitioner,patient",),
+}
+
+
 def referral_party(caller: Caller, doc: dict[str, Any]) -> str:
     """How the caller stands to a stored referral."""
     if caller.role == "admin":
