@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from ehr.access import Reach, decide_by_role, decide_party, referral_party
+from ehr.access import Decision, Reach, decide_by_role, decide_party, referral_party
 from ehr.models import RecordError
 from ehr.service import RecordService
 from fhir_profiles.divisions import is_valid_division_code
@@ -83,6 +83,14 @@ WRITE_ATTEMPTS = 8
 def not_found(referral_id: str) -> ReferralRefused:
     # The same words whether it does not exist or the caller may not see it.
     return ReferralRefused(404, "Referral not found", f"Referral {referral_id} is not known")
+
+
+def enforce_about_patient(decision: Decision, patient_ref: str) -> None:
+    """The policy's answer about the patient, as the referral API says it: hidden reads as an unknown patient."""
+    if decision.outcome == "hide":
+        raise ReferralRefused(404, "Patient not found", f"{patient_ref} is not known")
+    if not decision.allowed:
+        raise ReferralRefused(403, "Not allowed", decision.rule)
 
 
 @dataclass(frozen=True)
@@ -220,8 +228,7 @@ class ReferralService:
         origin = _ref(body.origin, "Organization") if body.origin else organization
         patient_ref = _ref(body.patient, "Patient")
         patient_id = patient_ref.removeprefix("Patient/")
-        if not (await (await self._reach(caller)).decide_about("read", patient_id)).allowed:
-            raise ReferralRefused(404, "Patient not found", f"{patient_ref} is not known")
+        enforce_about_patient(await (await self._reach(caller)).decide_about("read", patient_id), patient_ref)
         patient = await self._resource(patient_ref, ("Patient",), "patient")
         result = await self._route(patient, body, origin, frozenset(), explain_all)
         return dataclasses.asdict(result)
@@ -269,8 +276,7 @@ class ReferralService:
         patient_id = patient_ref.removeprefix("Patient/")
         # Referring up is the managing hospital's act; a referral back down (or onwards) is the shared one's too.
         action = "refer-up" if body.direction == "up" and based_on is None else "refer"
-        if not (await reach.decide_about(action, patient_id)).allowed:
-            raise ReferralRefused(404, "Patient not found", f"{patient_ref} is not known")
+        enforce_about_patient(await reach.decide_about(action, patient_id), patient_ref)
         patient = await self._resource(patient_ref, ("Patient",), "patient")
         reason = await self._resource(_ref(body.reason, "Condition"), ("Condition",), "reason")
         if (reason.get("subject") or {}).get("reference") != patient_ref:
