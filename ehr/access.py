@@ -123,6 +123,9 @@ ROLE_RULES: dict[str, dict[str, Decision]] = {
     "transfer": {"patient": refuse(PATIENT_WRITES_NOTHING), "practitioner": ALLOW, "admin": ALLOW},
     # Making, routing and working referrals and holding consults.
     "referral-work": {"patient": refuse(PATIENT_WRITES_NOTHING), "practitioner": ALLOW, "admin": refuse(NO_CLINICAL)},
+    # Counts over every hospital's referrals, no patient in them: the province's administrators watch them.
+    "referral-stats": {"patient": refuse("Referral statistics are for administrators"),
+                       "practitioner": refuse("Referral statistics are for administrators"), "admin": ALLOW},
     "users": {"patient": refuse("Users are managed by administrators"),
               "practitioner": refuse("Users are managed by administrators"), "admin": ALLOW},
 }
@@ -216,7 +219,7 @@ ROUTES: dict[tuple[str, str], tuple[str, ...]] = {
     ("POST", "/api/referrals/route"): ("role:referral-work",),
     ("POST", "/api/referrals"): ("role:referral-work", "patient:refer-up", "patient:refer"),
     ("GET", "/api/referrals"): ("party:referral-read",),
-    ("GET", "/api/referrals/stats"): ("party:referral-read",),
+    ("GET", "/api/referrals/stats"): ("role:referral-stats",),
     ("GET", "/api/referrals/events"): ("party:referral-read",),
     ("GET", "/api/referrals/{referral_id}"): ("party:referral-read",),
     ("POST", "/api/referrals/{referral_id}/{action}"): ("role:referral-work", "party:referral-work"),

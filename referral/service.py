@@ -774,8 +774,9 @@ class ReferralService:
         return stats
 
     async def stats(self, caller: Caller) -> dict[str, Any]:
-        if caller.role != "admin":
-            raise ReferralRefused(403, "Administrators only", "Referral statistics are for administrators")
+        decision = decide_by_role("referral-stats", caller.role)
+        if not decision.allowed:
+            raise ReferralRefused(403, "Administrators only", decision.rule)
         stats = await self.store.load_stats() or await self.refresh_stats()
         stats.pop("_id", None)
         stats["computed"] = _aware(stats["computed"]).isoformat()
