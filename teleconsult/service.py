@@ -168,6 +168,9 @@ class ConsultService:
     async def list(self, caller: Caller, referral: str | None, status: str | None, limit: int, offset: int
                    ) -> tuple[list[dict[str, Any]], int]:
         """The consults the caller may see (the same rule as one consult's), newest first, and how many there are."""
+        decision = decide_by_role("clinical-read", caller.role)
+        if not decision.allowed:
+            raise ConsultRefused(403, "Practitioners and patients only", decision.rule)
         if caller.role == "practitioner" and caller.fhir_user:
             query: dict[str, Any] = {"$or": [{"host": caller.fhir_user}, {"invited": caller.fhir_user}]}
         elif caller.role == "patient" and caller.fhir_user:
