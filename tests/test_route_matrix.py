@@ -8,7 +8,8 @@ record id are the canaries: they may appear in no answer to anyone.
 
 What the relation-level gates ("patient:", "party:", "type") decide for each relation is tried in
 tests/ehr/test_access_matrix.py (FHIR), tests/ehr/test_access_holes.py, tests/ehr/test_cards.py,
-tests/referral and tests/teleconsult; the signaling WebSocket's refusals in tests/teleconsult/test_consult_media.py.
+tests/referral/test_relation_matrix.py and tests/referral/test_party_matrix.py; the signaling WebSocket's, by
+every kind of caller, in tests/teleconsult/test_signaling_matrix.py.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ outsider, and an administrator is asked too. Expected answers come from the rout
 (role rows first, then the party row); allow is anything but 401, 403, 404 and 5xx; hide is 404 and the same words
 as for an id that does not exist; refuse is a 403 naming the rule. Lists must not name what the caller may not read.
 
-Every ROUTES row with a "party:" gate needs a request here (the WebSocket and the live feed are tried in
-tests/teleconsult/test_consult_media.py and tests/referral/test_referral_notifications.py).
+Every ROUTES row with a "party:" gate needs a request here (the WebSocket is tried in
+tests/teleconsult/test_signaling_matrix.py, the live feed in tests/referral/test_referral_notifications.py).
 """
 
 from __future__ import annotations
