@@ -95,9 +95,6 @@ async def read_json_body(request: Request) -> Any:
 # stack (a 500), and MongoDB refuses documents nested over 100 levels (the resource is stored one level down);
 # real resources, in a Bundle too, stay far below this.
 MAX_JSON_DEPTH = 64
-# FHIR strings should hold no control characters but tab, CR and LF (search.CONTROL_CHARACTERS); the R4B models
-# let them through, so a name with a NUL in it was stored as sent (keys are walked too, though the models refuse
-# unknown ones anyway).
 
 
 # FHIR: "strings SHALL NOT exceed 1 MB". base64Binary is not a string (a 3 MB attachment is fine) and neither is
@@ -112,6 +109,7 @@ def _check_json(body: Any) -> None:
     while stack:
         node, depth, key = stack.pop()
         if isinstance(node, str):
+            # the R4B models let control characters through, so a name holding a NUL was stored as sent
             if (bad := CONTROL_CHARACTERS.search(node)) is not None:
                 raise RecordError.single(400, "value", f"A string holds the control character U+{ord(bad.group()):04X}"
                                                        f" after {node[:bad.start()][-20:]!r}; FHIR strings hold none "

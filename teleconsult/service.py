@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from ehr.access import Reach, SharedPatients, consult_party, decide_by_role, decide_party
+from ehr.access import HOST, Reach, SharedPatients, consult_party, decide_by_role, decide_party
 from ehr.models import RecordError
 from ehr.service import RecordService
 from qilu.auth import Caller
@@ -134,15 +134,6 @@ class ConsultService:
 
     # --- who is who in a room ---------------------------------------------------------------------------
 
-    @staticmethod
-    def is_host(caller: Caller, doc: dict[str, Any]) -> bool:
-        return caller.role == "practitioner" and caller.fhir_user == doc["host"]
-
-    @staticmethod
-    def is_invited(caller: Caller, doc: dict[str, Any]) -> bool:
-        if caller.role == "practitioner":
-            return caller.fhir_user == doc["host"] or caller.fhir_user in doc["invited"]
-        return caller.role == "patient" and doc.get("invite_patient", False) and caller.fhir_user == doc["patient"]
 
     @staticmethod
     def _may_see(caller: Caller, doc: dict[str, Any]) -> bool:
@@ -312,7 +303,8 @@ class ConsultService:
             timer = self._timers.pop(consult_id, None)
             if timer is not None:
                 timer.cancel()
-            presence = Presence(consult_id, uuid.uuid4().hex[:12], caller, consent, channel, self.is_host(caller, doc))
+            presence = Presence(consult_id, uuid.uuid4().hex[:12], caller, consent, channel,
+                                consult_party(caller, doc) == HOST)
             room[presence.peer_id] = presence
             await self.store.update(consult_id, {f"consents.{caller.user_id}": {"who": caller.who, "consent": consent,
                                                                                 "at": now}})
