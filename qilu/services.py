@@ -21,7 +21,7 @@ from qilu.settings import Settings
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 # Bumped whenever install_ferretdb changes what it builds.
-FERRETDB_BUILD = "qilu1"
+FERRETDB_BUILD = "qilu2"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -174,13 +174,17 @@ def install_ferretdb(settings: Settings) -> Path:
     module requires. So we fetch the same module from the Go module proxy, add that one file with
     the version we asked for, and `go build` its cmd/ferretdb.
 
-    Two things of the SQLite backend are changed (`use_the_id_index`): it builds the `_id` index on
-    `_ferretdb_sjson->"_id"` but looks documents up by `_ferretdb_sjson->'$._id'`, and SQLite uses an
-    expression index only for the very same expression, so every read, replace and delete by `_id`
-    scanned the whole table (measured: 15 ms per read at 3,000 documents, growing with the collection);
-    and it narrowed by `_id` only when `_id` was the filter's one key, so a version-conditioned replace
-    `{_id, vid}` read every document of the collection (20-65 ms at 3,000). Built with both changes,
-    these are B-tree searches.
+    Its SQLite backend is changed (`change_the_sqlite_backend`) in three ways:
+    - it builds the `_id` index on `_ferretdb_sjson->"_id"` but looks documents up by `_ferretdb_sjson->'$._id'`,
+      and SQLite uses an expression index only for the very same expression, so every read, replace and delete
+      by `_id` scanned the whole table (measured: 15 ms per read at 3,000 documents, growing with the collection);
+    - it narrowed by `_id` only when `_id` was the filter's one key, so a version-conditioned replace
+      `{_id, vid}` read every document of the collection (20-65 ms at 3,000);
+    - it narrows by nothing else, and an SQLite index holds one value per row, so no search of a list field (each
+      of a FHIR resource's search fields is one) could use an index. Indexes named `mk_*` are kept in side tables
+      maintained by triggers, one row per value, and a filter they cover is narrowed through them (the Go
+      sources are in qilu/ferretdb/, and say what they assume).
+    Built with these, lookups by `_id`, by a list of ids and by the fields of an `mk_` index are B-tree searches.
     """
     go = shutil.which("go")
     bin_dir = _go_bin_dir()
@@ -201,7 +205,7 @@ def install_ferretdb(settings: Settings) -> Path:
             for path in src.rglob("*"):
                 path.chmod(path.stat().st_mode | 0o200)
             (src / "build" / "version" / "version.txt").write_text(version + "\n")
-            use_the_id_index(src)
+            change_the_sqlite_backend(src)
             bin_dir.mkdir(parents=True, exist_ok=True)
             binary = bin_dir / _built_binary_name(settings)
             subprocess.run([go, "build", "-trimpath", "-o", str(binary), "./cmd/ferretdb"],
@@ -226,10 +230,42 @@ SQLITE_EDITS = [
     # what comes back, so the WHERE clause only spares reading the rest of the table.
     ("internal/backends/sqlite/collection.go", "\tif params.Filter.Len() == 1 {\n",
      "\tif params.Filter.Len() >= 1 {\n", 2),
+    # Otherwise narrow through a list of ids or an `mk_` index (qilu_pushdown.go), in find and in explain alike.
+    ("internal/backends/sqlite/collection.go", "\tq += whereClause\n\tq += prepareOrderByClause(params.Sort)\n",
+     "\tif whereClause == \"\" {\n\t\twhereClause, args = qiluWhere(meta, params.Filter)\n\t}\n\n"
+     "\tq += whereClause\n\tq += prepareOrderByClause(params.Sort)\n", 1),
+    ("internal/backends/sqlite/collection.go", "\torderByClause := prepareOrderByClause(params.Sort)\n",
+     "\tif whereClause == \"\" {\n\t\twhereClause, args = qiluWhere(meta, params.Filter)\n"
+     "\t\tfilterPushdown = whereClause != \"\"\n\t}\n\n\torderByClause := prepareOrderByClause(params.Sort)\n", 1),
+    # An `mk_` index is made, and dropped, with its side table (qilu_multikey.go).
+    ("internal/backends/sqlite/metadata/registry.go", "\t\tcreated = append(created, index.Name)\n",
+     "\t\tif IsMultikey(index) {\n"
+     "\t\t\tif err := multikeyCreate(ctx, db, c.TableName, index); err != nil {\n"
+     "\t\t\t\t_, _ = db.ExecContext(ctx, fmt.Sprintf(\"DROP INDEX %q\", c.TableName+\"_\"+index.Name))\n"
+     "\t\t\t\t_ = r.indexesDrop(ctx, dbName, collectionName, created)\n"
+     "\t\t\t\treturn lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\n"
+     "\t\tcreated = append(created, index.Name)\n", 1),
+    ("internal/backends/sqlite/metadata/registry.go",
+     '\t\tq := fmt.Sprintf("DROP INDEX %q", c.TableName+"_"+name)\n',
+     "\t\tif IsMultikey(c.Settings.Indexes[i]) {\n"
+     "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, c.Settings.Indexes[i]); err != nil {\n"
+     "\t\t\t\treturn lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\n"
+     '\t\tq := fmt.Sprintf("DROP INDEX %q", c.TableName+"_"+name)\n', 1),
+    ("internal/backends/sqlite/metadata/registry.go", '\tq = fmt.Sprintf("DROP TABLE %q", c.TableName)\n',
+     "\tfor _, index := range c.Settings.Indexes {\n\t\tif IsMultikey(index) {\n"
+     "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, index); err != nil {\n"
+     "\t\t\t\treturn false, lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\t}\n\n"
+     '\tq = fmt.Sprintf("DROP TABLE %q", c.TableName)\n', 1),
+]
+
+# Go sources the build adds: (file in qilu/ferretdb, where it goes in FerretDB's tree).
+SQLITE_SOURCES = [
+    ("qilu_multikey.go", "internal/backends/sqlite/metadata/qilu_multikey.go"),
+    ("qilu_pushdown.go", "internal/backends/sqlite/qilu_pushdown.go"),
 ]
 
 
-def use_the_id_index(src: Path) -> None:
+def change_the_sqlite_backend(src: Path) -> None:
     for relative, published, built, times in SQLITE_EDITS:
         path = src / relative
         text = path.read_text()
@@ -237,6 +273,9 @@ def use_the_id_index(src: Path) -> None:
             raise EngineError(f"{relative} of this FerretDB version is not the one the build changes; set "
                               "QILU_FERRETDB_VERSION to v1.24.2 or run your own FerretDB (QILU_MONGODB_URL)")
         path.write_text(text.replace(published, built))
+    sources = Path(__file__).parent / "ferretdb"
+    for name, relative in SQLITE_SOURCES:
+        shutil.copyfile(sources / name, src / relative)
 
 
 def ferretdb_argv(binary: Path, settings: Settings) -> list[str]:
@@ -253,6 +292,8 @@ def ferretdb_argv(binary: Path, settings: Settings) -> list[str]:
         "--telemetry=disable",  # it must never contact anything off this machine
         "--debug-addr=-",  # no extra HTTP listener; two instances must be able to run side by side
         "--log-level=warn",
+        # Filters on dotted fields reach the backend, so qilu_pushdown.go can narrow them through an index.
+        "--test-enable-nested-pushdown",
     ]
 
 

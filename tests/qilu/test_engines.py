@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from qilu.services import SQLITE_EDITS, EngineError, use_the_id_index
+from qilu.services import SQLITE_EDITS, EngineError, change_the_sqlite_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,4 +77,4 @@ def test_the_build_refuses_a_ferretdb_source_it_does_not_know(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(published.replace("Filter", "Filters").replace("columns", "cols"))
     with pytest.raises(EngineError, match="not the one the build changes"):
-        use_the_id_index(tmp_path)
+        change_the_sqlite_backend(tmp_path)
