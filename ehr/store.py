@@ -27,19 +27,36 @@ def history_id(resource_type: str, resource_id: str, version: int) -> str:
 
 
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
-    """Indexes for every supported search parameter, the compartment and the history (idempotent)."""
+    """Indexes for the compartment, every supported search parameter but dates and the history (idempotent).
+
+    The search fields hold lists, so their indexes are named `mk_*`: on MongoDB ordinary multikey indexes, and
+    on the embedded FerretDB the name asks Qilu's build to keep them in side tables it can search (see
+    qilu/ferretdb/). A date parameter is stored as a list of ranges ({lo, hi}), which neither can narrow by;
+    its condition is applied to what the other conditions found. Indexes of an earlier layout are dropped.
+    """
     for resource_type in RESOURCE_TYPES:
         collection = db[resource_type]
+        wanted = {"_id_", "updated", "mk_compartment"}
         await collection.create_index([("updated", DESCENDING)], name="updated")
-        await collection.create_index([("compartment", ASCENDING)], name="compartment")
-        for name in SEARCH_PARAMETERS.get(resource_type, {}):
-            if name.startswith("_"):
+        await collection.create_index([("compartment", ASCENDING)], name="mk_compartment")
+        for name, param in SEARCH_PARAMETERS.get(resource_type, {}).items():
+            if name.startswith("_") or param.type == "date":
                 continue  # _id and _lastUpdated use the _id and updated fields indexed above
-            await collection.create_index([(f"sp.{name}", ASCENDING)], name=f"sp_{name}")
+            wanted.add(f"mk_sp_{name}")
+            await collection.create_index([(f"sp.{name}", ASCENDING)], name=f"mk_sp_{name}")
+        for index in await collection.list_indexes().to_list(None):
+            if index["name"] not in wanted:
+                await collection.drop_index(index["name"])
     history = db[HISTORY]
-    await history.create_index([("type", ASCENDING), ("id", ASCENDING), ("vid", DESCENDING)], name="instance")
+    wanted = {"_id_", "mk_instance", "mk_type_compartment", "type_updated", "updated"}
+    # An instance's versions, and a type's versions within patients' compartments, are searched for.
+    await history.create_index([("type", ASCENDING), ("id", ASCENDING)], name="mk_instance")
+    await history.create_index([("type", ASCENDING), ("compartment", ASCENDING)], name="mk_type_compartment")
     await history.create_index([("type", ASCENDING), ("updated", DESCENDING)], name="type_updated")
     await history.create_index([("updated", DESCENDING)], name="updated")
+    for index in await history.list_indexes().to_list(None):
+        if index["name"] not in wanted:
+            await history.drop_index(index["name"])
 
 
 @contextmanager
