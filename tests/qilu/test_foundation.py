@@ -28,9 +28,11 @@ async def test_healthz_and_readyz_answer_when_engines_are_up(client):
 
 async def test_startup_creates_search_indexes(app):
     names = {index["name"] async for index in app.state.db["Patient"].list_indexes()}
-    assert {"sp_identifier", "sp_name", "sp_birthdate", "compartment", "updated"} <= names
+    assert {"mk_sp_identifier", "mk_sp_name", "mk_compartment", "updated"} <= names
+    assert "mk_sp_birthdate" not in names  # dates are stored as ranges, which no index narrows by
+    assert not names & {"sp_identifier", "compartment"}  # the earlier layout's are gone
     history = {index["name"] async for index in app.state.db["resource_history"].list_indexes()}
-    assert "instance" in history
+    assert {"mk_instance", "mk_type_compartment"} <= history
 
 
 async def _readyz(app) -> httpx.Response:
