@@ -13,11 +13,11 @@ whatever the role alone decides is decided before any lookup.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ehr.models import RecordError
+from ehr.sharing import EVERY_PRACTITIONER, Sharing
 from ehr.store import RecordStore
 from qilu.auth import Caller
 
@@ -27,14 +27,6 @@ AUDIT_TYPE = "AuditEvent"
 # Clinical types that may name no patient (a meeting of practitioners; the provenance of a directory entry).
 # Every other clinical resource must belong to a patient, or nobody's record would hold it.
 MAY_NAME_NO_PATIENT = frozenset({"Appointment", "Provenance"})
-
-# (organization reference) -> ids of the patients shared with it through an active referral and Consent.
-SharedPatients = Callable[[str], Awaitable[set[str]]]
-
-
-async def nobody_shared(_organization: str) -> set[str]:
-    return set()
-
 
 # --- the rules ---------------------------------------------------------------------------------------
 
@@ -342,14 +334,11 @@ def who_sees_what() -> str:
 class Reach:
     """What one caller may reach in the record; `caller=None` is the system itself (services, workers)."""
 
-    def __init__(self, caller: Caller | None, store: RecordStore, shared_patients: SharedPatients = nobody_shared):
+    def __init__(self, caller: Caller | None, store: RecordStore):
         self.caller = caller
         self.store = store
-        self.shared_patients = shared_patients
-        self._managed: set[str] | None = None
+        self.sharing = Sharing(store)
         self._registered: set[str] = set()  # patients this request registers (new ids) at the caller's hospital
-        self._readable: set[str] | None = None
-        self._shared: set[str] | None = None
 
     @property
     def is_system(self) -> bool:
@@ -370,16 +359,6 @@ class Reach:
 
     # --- relations to patients ---
 
-    async def managed_patients(self) -> set[str]:
-        """Ids of the patients the practitioner's organization manages (computed once per request)."""
-        if self._managed is None:
-            self._managed = set()
-            if self.caller and self.caller.organization:
-                # Tombstones count too, so a deleted patient of this hospital reads as deleted (410), not unknown.
-                self._managed = await self.store.ids_matching(
-                    "Patient", {"sp.organization": self.caller.organization})
-        return self._managed | self._registered
-
     def count_as_managed(self, patient_id: str, resource: dict[str, Any]) -> None:
         """A Patient this request registers under a new id at the practitioner's organization is theirs for the
         rest of the request, so a Bundle's other entries may be about it. Only ever consulted for ids that no
@@ -387,35 +366,6 @@ class Reach:
         organization = (resource.get("managingOrganization") or {}).get("reference")
         if self.caller is not None and self.caller.role == "practitioner" and organization == self.caller.organization:
             self._registered.add(patient_id)
-            self._readable = None
-
-    async def _shared_with_caller(self) -> set[str]:
-        if self._shared is None:
-            organization = self.caller.organization if self.caller else None
-            self._shared = await self.shared_patients(organization) if organization else set()
-        return self._shared
-
-    async def readable_patients(self) -> set[str]:
-        """Every patient the caller may read; searches need the whole list, single reads use `readable_among`."""
-        if self._readable is None:
-            self._readable = set()
-            for relation in RELATIONS:
-                if decide("read", relation).allowed:
-                    self._readable |= await self._members(relation)
-        return self._readable
-
-    async def _members(self, relation: str) -> set[str]:
-        """Every patient the caller stands to in this relation (for the few relations a search can list)."""
-        caller = self.caller
-        if relation == SELF and caller.role == "patient":
-            return {caller.patient_id} if caller.patient_id else set()
-        if caller.role != "practitioner":
-            return set()
-        if relation == MANAGING:
-            return await self.managed_patients()
-        if relation == SHARED:
-            return await self._shared_with_caller()
-        return set()
 
     async def managed_among(self, patient_ids: set[str]) -> set[str]:
         """Which of these patients the practitioner's organization manages, as their own Patient documents
@@ -440,7 +390,7 @@ class Reach:
         if caller.role != "practitioner":
             return {pid: UNRELATED for pid in patient_ids}
         managed = await self.managed_among(patient_ids)
-        shared = await self._shared_with_caller() if patient_ids - managed else set()
+        shared = await self.sharing.shared_with(patient_ids - managed, caller.organization)
         return {pid: MANAGING if pid in managed else SHARED if pid in shared else UNRELATED for pid in patient_ids}
 
     async def relation(self, patient_id: str, document: dict[str, Any] | None = None) -> str:
@@ -448,7 +398,8 @@ class Reach:
         if document is not None and self.caller.role == "practitioner":
             if self.caller.organization and self._managed_in([document]):
                 return MANAGING
-            return SHARED if patient_id in await self._shared_with_caller() else UNRELATED
+            shared = await self.sharing.shared_with({patient_id}, self.caller.organization)
+            return SHARED if shared else UNRELATED
         return (await self.relations({patient_id}))[patient_id]
 
     async def decide_about(self, action: str, patient_id: str, document: dict[str, Any] | None = None) -> Decision:
@@ -476,22 +427,26 @@ class Reach:
         if self.caller.role == "admin":
             return None  # the audit trail, whole
         if about_patient and resource_type != "Patient" and await self.readable_among({about_patient}):
-            # The caller may read that patient: their compartment is the condition, and the hospital's whole
-            # list of patients need not be made.
+            # The caller may read that patient: their compartment is the condition.
             return {"compartment": f"Patient/{about_patient}"}
-        if resource_type == "Patient" and self.caller.role == "practitioner" and not history:
-            # A current Patient document says which hospital manages it, so the hospital's patients need not
-            # be listed first (history entries do not carry that, so they take the list below).
-            others = {"_id": {"$in": sorted(self._registered | await self._shared_with_caller())}}
-            if not self.caller.organization:
-                return others
-            return {"$or": [{"sp.organization": self.caller.organization}, others]}
-        # A Patient's own compartment is itself, so one condition serves every type and the history too.
-        members = [f"Patient/{pid}" for pid in sorted(await self.readable_patients())]
-        if self.caller.role == "practitioner" and resource_type in MAY_NAME_NO_PATIENT:
-            # Practitioners also see the clinical resources that may belong to no patient (a meeting).
-            return {"$or": [{"compartment": {"$in": members}}, {"compartment": []}]}
-        return {"compartment": {"$in": members}}
+        if self.caller.role == "patient":
+            # A Patient's own compartment is itself, so one condition serves every type and the history too.
+            own = [f"Patient/{self.caller.patient_id}"] if self.caller.patient_id else []
+            return {"compartment": {"$in": own}}
+        if self.caller.role != "practitioner":
+            return {"compartment": {"$in": []}}
+        # Every document names the hospitals it reaches (ehr/sharing.py): the managing one and those shared
+        # with, the two relations whose practitioners read (RULES). The condition is one of them, not a list of
+        # the hospital's patients. Practitioners also see what belongs to no patient (a meeting).
+        reached = [self.caller.organization] if self.caller.organization else []
+        if resource_type in MAY_NAME_NO_PATIENT:
+            reached.append(EVERY_PRACTITIONER)
+        condition: dict[str, Any] = {"reach": reached[0] if len(reached) == 1 else {"$in": reached}}
+        revoking = await self.store.revoking_for(self.caller.organization) if self.caller.organization else []
+        if revoking:
+            # Revoked, and not yet written to every resource: out of this hospital's searches already.
+            condition = {"$and": [condition, {"compartment": {"$nin": [f"Patient/{p}" for p in revoking]}}]}
+        return condition
 
     async def may_read(self, resource_type: str, document: dict[str, Any]) -> bool:
         if self.is_system or resource_type in DIRECTORY_TYPES:

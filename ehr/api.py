@@ -52,7 +52,7 @@ def _fhir_base(request: Request) -> str:
 
 
 def record_service(request: Request, caller: Caller) -> RecordService:
-    reach = Reach(caller, RecordStore(request.app.state.db), request.app.state.shared_patients)
+    reach = Reach(caller, RecordStore(request.app.state.db))
     return RecordService(reach.store, _fhir_base(request), reach)
 
 

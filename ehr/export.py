@@ -21,7 +21,7 @@ import structlog
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING
 
-from ehr.access import Reach, SharedPatients, decide_by_role, refused
+from ehr.access import Reach, decide_by_role, refused
 from ehr.models import RecordError
 from ehr.search import COMPARTMENT_PATHS, SearchValueError, parse_instant
 from ehr.service import RecordService, fhir_instant, now_utc
@@ -148,8 +148,7 @@ class BulkExports:
     def _path(self, job_id: str, resource_type: str) -> Path:
         return self.export_dir / job_id / f"{resource_type}.ndjson"
 
-    async def run(self, job_id: str, caller_of: Callable[[str], Any], shared_patients: SharedPatients,
-                  base_url: str) -> str:
+    async def run(self, job_id: str, caller_of: Callable[[str], Any], base_url: str) -> str:
         """Make the files of one job; idempotent (a job taken up again starts over). Returns its status."""
         job = await self.jobs.find_one({"_id": job_id})
         if job is None or job["status"] not in UNDER_WAY:
@@ -162,7 +161,7 @@ class BulkExports:
         shutil.rmtree(self.export_dir / job_id, ignore_errors=True)
         (self.export_dir / job_id).mkdir(parents=True, exist_ok=True)
         store = RecordStore(self.db)
-        records = RecordService(store, base_url, Reach(caller, store, shared_patients))
+        records = RecordService(store, base_url, Reach(caller, store))
         since = job["since"]
         output = []
         for done, resource_type in enumerate(job["types"], start=1):

@@ -15,7 +15,8 @@ from ehr import search
 from ehr.access import Reach, enforce
 from ehr.models import RESOURCE_TYPES, READ_ONLY_TYPES, RecordError, ResourceIssue, is_supported_type, \
     validate_resource
-from ehr.store import RecordStore
+from ehr.sharing import Sharing
+from ehr.store import REACHED_TYPES, RecordStore
 from fhir_profiles.identifiers import EHEALTH_CARD_SYSTEM, NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, \
     USCC_SYSTEM
 
@@ -171,6 +172,7 @@ class RecordService:
         self.store = store
         self.base_url = base_url.rstrip("/")
         self.reach = reach
+        self.sharing = Sharing(store)
         # What this request touched, for its one AuditEvent: resource references and the patients concerned.
         self.touched: list[str] = []
         self.touched_patients: set[str] = set()
@@ -221,6 +223,8 @@ class RecordService:
                         "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
         owner = f"{resource_type}/{resource_id}"
         document = self._document(resource_type, resource_id, vid, updated, resource, previous)
+        if resource_type in REACHED_TYPES:
+            document["reach"] = await self.sharing.reach_of_document(resource_type, document, previous)
         if self.reach is not None:
             await self.reach.check_write(resource_type, resource, previous, document["compartment"], transfer=transfer)
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
@@ -238,7 +242,7 @@ class RecordService:
             # The history entry is the write's lock: only one writer can insert version `vid`. The identifier
             # claims are independent of it, so they go to the engine at the same time.
             steps = [self.store.claim_version(resource_type, resource_id, vid, updated, method, resource, write_id,
-                                              document["compartment"]),
+                                              document["compartment"], document.get("reach", [])),
                      *(self.store.claim_identifier(key, owner, write_id, updated - ABANDONED_WRITE_AFTER)
                        for key in keys)]
             if fresh_id:
@@ -287,8 +291,28 @@ class RecordService:
             self.touched_patients.update(previous.get("compartment") or [])
         if self.reach is not None and resource_type == "Patient" and resource is not None and written_new:
             self.reach.count_as_managed(resource_id, resource)  # later entries of a batch may be about it
+        await self._follow_reach(resource_type, document, previous)
         return Written(resource_type, resource_id, vid, updated, resource, previous is None or previous["deleted"],
                        previous, claimed, released)
+
+    async def share(self, source: str, patient_ref: str, organization: str, consent_ref: str,
+                    start: datetime | None, until: datetime | None) -> None:
+        """What `source` (an accepted referral) shares with `organization` from `start` to `until` (no start:
+        nothing); the patient's reach follows at once."""
+        await self.sharing.grant(source, patient_ref, organization, consent_ref, start, until)
+
+    async def _follow_reach(self, resource_type: str, document: dict[str, Any],
+                            previous: dict[str, Any] | None) -> None:
+        """A Consent decides which shares hold, and a Patient's hospital is in every one of their resources'
+        reach: a write of either works the patient's reach out again (a revocation is in force at once)."""
+        if resource_type == "Consent":
+            members = set(document["compartment"]) | set((previous or {}).get("compartment") or [])
+            for member in sorted(members):
+                await self.sharing.refresh(member.removeprefix("Patient/"))
+        elif resource_type == "Patient" and previous is not None:
+            before = set((previous.get("sp") or {}).get("organization") or [])
+            if before != set(document["sp"].get("organization") or []):
+                await self.sharing.refresh(document["_id"], formerly=before)
 
     async def _resolve_patient_identifiers(self, resource: dict[str, Any]) -> None:
         """A compartment reference that names a Patient by identifier only becomes a reference to that Patient,
@@ -335,6 +359,8 @@ class RecordService:
             return  # most likely a writer still between its two steps
         document = self._document(resource_type, resource_id, vid, entry["updated"], entry["resource"],
                                   current or {"compartment": entry.get("compartment", [])})
+        if resource_type in REACHED_TYPES:
+            document["reach"] = entry.get("reach") or []
         if current is None:
             await self.store.insert_first_version(resource_type, document)
         else:
@@ -349,6 +375,17 @@ class RecordService:
             await self.store.release_identifier(key, owner)
         for key in written.released_keys:
             await self.store.claim_identifier(key, owner)
+        if written.resource_type in ("Consent", "Patient"):
+            # What the write did to the patient's reach is worked out again from what is stored now.
+            members = set((written.previous or {}).get("compartment") or [])
+            formerly: set[str] = set()
+            if written.resource is not None:
+                sp, _, compartment = search.index_resource(written.resource)
+                members |= set(compartment)
+                if written.resource_type == "Patient":
+                    formerly = set(sp.get("organization") or [])
+            for member in sorted(members):
+                await self.sharing.refresh(member.removeprefix("Patient/"), formerly=formerly)
 
     # --- create, read, update, delete -------------------------------------------------------------
 

@@ -12,18 +12,33 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
 from ehr.models import RESOURCE_TYPES, RecordError
-from ehr.search import SEARCH_PARAMETERS
+from ehr.search import COMPARTMENT_PATHS, SEARCH_PARAMETERS
 
 HISTORY = "resource_history"
 IDENTIFIER_KEYS = "identifier_keys"
+# Who each patient's records reach (see ehr/sharing.py): the patient's shares, the grants they come from,
+# and the revocations whose effect on the stored resources is still being written.
+PATIENT_REACH = "patient_reach"
+REACH_GRANTS = "reach_grants"
+REACH_REVOKING = "reach_revoking"
+
+
+# The types whose documents carry `reach`: a patient's own and the types of patients' records. AuditEvents
+# are left out: they are the administrators' trail (a role decides who reads them), and append-only.
+REACHED_TYPES = frozenset({"Patient", *COMPARTMENT_PATHS}) - {"AuditEvent"}
 
 
 def history_id(resource_type: str, resource_id: str, version: int) -> str:
     return f"{resource_type}/{resource_id}/{version}"
+
+
+async def is_embedded_engine(db: AsyncIOMotorDatabase) -> bool:
+    """True on FerretDB (the embedded engine), whose build keeps mk_ indexes in side tables."""
+    return "ferretdb" in await db.command("buildInfo")
 
 
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
@@ -33,30 +48,49 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     on the embedded FerretDB the name asks Qilu's build to keep them in side tables it can search (see
     qilu/ferretdb/). A date parameter is stored as a list of ranges ({lo, hi}), which neither can narrow by;
     its condition is applied to what the other conditions found. Indexes of an earlier layout are dropped.
+
+    A practitioner's search is ANDed with `reach` (the hospitals the resource reaches), so each search field
+    of a type in patients' records also gets a compound index (reach, field) on the embedded engine. MongoDB
+    refuses a compound index over two list fields ("parallel arrays"), so there the two stay apart and its
+    planner picks one of them.
     """
+    compound = await is_embedded_engine(db)
     for resource_type in RESOURCE_TYPES:
         collection = db[resource_type]
-        wanted = {"_id_", "updated", "mk_compartment"}
+        reached = resource_type in REACHED_TYPES
+        wanted = {"_id_", "updated", "mk_compartment"} | ({"mk_reach"} if reached else set())
         await collection.create_index([("updated", DESCENDING)], name="updated")
         await collection.create_index([("compartment", ASCENDING)], name="mk_compartment")
+        if reached:
+            await collection.create_index([("reach", ASCENDING)], name="mk_reach")
         for name, param in SEARCH_PARAMETERS.get(resource_type, {}).items():
             if name.startswith("_") or param.type == "date":
                 continue  # _id and _lastUpdated use the _id and updated fields indexed above
             wanted.add(f"mk_sp_{name}")
             await collection.create_index([(f"sp.{name}", ASCENDING)], name=f"mk_sp_{name}")
+            if reached and compound:
+                wanted.add(f"mk_reach_{name}")
+                await collection.create_index([("reach", ASCENDING), (f"sp.{name}", ASCENDING)],
+                                              name=f"mk_reach_{name}")
         for index in await collection.list_indexes().to_list(None):
             if index["name"] not in wanted:
                 await collection.drop_index(index["name"])
     history = db[HISTORY]
-    wanted = {"_id_", "mk_instance", "mk_type_compartment", "type_updated", "updated"}
-    # An instance's versions, and a type's versions within patients' compartments, are searched for.
+    wanted = {"_id_", "mk_instance", "mk_type_compartment", "mk_type_reach", "type_updated", "updated"}
+    # An instance's versions, and a type's versions within patients' compartments or a hospital's reach.
     await history.create_index([("type", ASCENDING), ("id", ASCENDING)], name="mk_instance")
     await history.create_index([("type", ASCENDING), ("compartment", ASCENDING)], name="mk_type_compartment")
+    await history.create_index([("type", ASCENDING), ("reach", ASCENDING)], name="mk_type_reach")
     await history.create_index([("type", ASCENDING), ("updated", DESCENDING)], name="type_updated")
     await history.create_index([("updated", DESCENDING)], name="updated")
     for index in await history.list_indexes().to_list(None):
         if index["name"] not in wanted:
             await history.drop_index(index["name"])
+    # Patients whose reach is still being written to their resources; shares that end by the clock.
+    await db[PATIENT_REACH].create_index([("pending", ASCENDING)], name="mk_pending")
+    await db[PATIENT_REACH].create_index([("expires", ASCENDING)], name="mk_expires")
+    await db[REACH_GRANTS].create_index([("patient", ASCENDING)], name="mk_patient")
+    await db[REACH_REVOKING].create_index([("org", ASCENDING)], name="mk_org")
 
 
 @contextmanager
@@ -74,8 +108,9 @@ def _fits() -> Iterator[None]:
 class RecordStore:
     """Reads and single-document writes of FHIR resource documents.
 
-    A current-version document is {_id, vid, updated, deleted, resource, sp, so, compartment};
-    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource, write, compartment}.
+    A current-version document is {_id, vid, updated, deleted, resource, sp, so, compartment, reach};
+    a history document is {_id: "Type/id/vid", type, id, vid, updated, method, resource, write, compartment,
+    reach}. `reach` (of the types in REACHED_TYPES) lists the hospitals whose practitioners may read it.
     """
 
     def __init__(self, db: AsyncIOMotorDatabase):
@@ -155,7 +190,8 @@ class RecordStore:
     # --- history --------------------------------------------------------------------------------
 
     async def claim_version(self, resource_type: str, resource_id: str, vid: int, updated: datetime, method: str,
-                            resource: dict[str, Any] | None, write_id: str, compartment: list[str]) -> bool:
+                            resource: dict[str, Any] | None, write_id: str, compartment: list[str],
+                            reach: list[str]) -> bool:
         """Insert the history entry of version `vid`; False when another write already holds that version.
 
         This insert is the atomic step of every write: FerretDB runs a conditional replace or
@@ -164,7 +200,7 @@ class RecordStore:
         """
         entry = {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
                  "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id,
-                 "compartment": compartment}
+                 "compartment": compartment, "reach": reach}
         try:
             await self.db[HISTORY].insert_one(entry)
             return True
@@ -186,6 +222,91 @@ class RecordStore:
         cursor = self.db[HISTORY].find(query, sort=[("updated", DESCENDING), ("_id", DESCENDING)],
                                        skip=skip, limit=limit)
         return await cursor.to_list(length=limit), total
+
+    # --- reach: the hospitals a patient's records reach (ehr/sharing.py decides them) -----------
+
+    async def patient_reaches(self, patient_ids: list[str]) -> list[dict[str, Any]]:
+        """{_id: patient id, shares: [{org, until}], orgs, gen, pending, cursor, expires} of these patients."""
+        if not patient_ids:
+            return []
+        query = {"_id": patient_ids[0] if len(patient_ids) == 1 else {"$in": patient_ids}}
+        return await self.db[PATIENT_REACH].find(query).to_list(length=len(patient_ids))
+
+    async def put_patient_reach(self, patient_id: str, fields: dict[str, Any]) -> int:
+        """Set a patient's reach, as a new generation that their resources have still to be brought to."""
+        doc = await self.db[PATIENT_REACH].find_one_and_update(
+            {"_id": patient_id}, {"$set": {**fields, "pending": True, "cursor": None}, "$inc": {"gen": 1}},
+            upsert=True, return_document=ReturnDocument.AFTER)
+        return doc["gen"]
+
+    async def save_reach_cursor(self, patient_id: str, gen: int, cursor: dict[str, Any]) -> bool:
+        """Where the writing of generation `gen` stands; False when a newer generation replaced it."""
+        result = await self.db[PATIENT_REACH].update_one({"_id": patient_id, "gen": gen}, {"$set": {"cursor": cursor}})
+        return result.matched_count == 1
+
+    async def finish_patient_reach(self, patient_id: str, gen: int) -> bool:
+        result = await self.db[PATIENT_REACH].update_one({"_id": patient_id, "gen": gen},
+                                                         {"$set": {"pending": False, "cursor": None}})
+        return result.matched_count == 1
+
+    async def patients_with_reach(self, query: dict[str, Any], limit: int) -> list[str]:
+        cursor = self.db[PATIENT_REACH].find(query, projection={"_id": 1}, limit=limit)
+        return [doc["_id"] async for doc in cursor]
+
+    async def put_grant(self, grant: dict[str, Any]) -> None:
+        await self.db[REACH_GRANTS].replace_one({"_id": grant["_id"]}, grant, upsert=True)
+
+    async def remove_grant(self, source: str) -> None:
+        await self.db[REACH_GRANTS].delete_one({"_id": source})
+
+    async def grants_of(self, patient_id: str) -> list[dict[str, Any]]:
+        return await self.db[REACH_GRANTS].find({"patient": patient_id}).to_list(length=None)
+
+    async def mark_revoking(self, patient_id: str, organizations: set[str]) -> None:
+        """Keep the patient out of these hospitals' searches until their resources no longer reach them."""
+        for organization in sorted(organizations):
+            await self.db[REACH_REVOKING].update_one(
+                {"_id": f"{organization}|{patient_id}"},
+                {"$set": {"org": organization, "patient": patient_id, "settle_after": None}}, upsert=True)
+
+    async def revoking_for(self, organization: str) -> list[str]:
+        """Ids of the patients whose revocation for this hospital is still being written."""
+        cursor = self.db[REACH_REVOKING].find({"org": organization}, projection={"patient": 1})
+        return [doc["patient"] async for doc in cursor]
+
+    async def settle_revoking(self, patient_id: str, after: datetime) -> None:
+        await self.db[REACH_REVOKING].update_many({"patient": patient_id}, {"$set": {"settle_after": after}})
+
+    async def revocations_to_settle(self, now: datetime, limit: int) -> list[dict[str, Any]]:
+        cursor = self.db[REACH_REVOKING].find({"settle_after": {"$ne": None, "$lte": now}}, limit=limit)
+        return await cursor.to_list(length=limit)
+
+    async def remove_revoking(self, marker_id: str) -> None:
+        await self.db[REACH_REVOKING].delete_one({"_id": marker_id})
+
+    async def reach_batch(self, resource_type: str, history: bool, patient_ref: str, after: str,
+                          limit: int) -> list[dict[str, Any]]:
+        """The next documents of one patient's compartment, in _id order after `after`: {_id, compartment, reach}."""
+        query: dict[str, Any] = {"compartment": patient_ref, "_id": {"$gt": after}}
+        collection = self.db[resource_type]
+        if history:
+            query["type"], collection = resource_type, self.db[HISTORY]
+        cursor = collection.find(query, projection={"compartment": 1, "reach": 1}, sort=[("_id", ASCENDING)],
+                                 limit=limit)
+        return await cursor.to_list(length=limit)
+
+    async def set_reach(self, resource_type: str, history: bool, changes: list[tuple[str, list[str]]]) -> None:
+        if changes:
+            collection = self.db[HISTORY] if history else self.db[resource_type]
+            await collection.bulk_write([UpdateOne({"_id": _id}, {"$set": {"reach": reach}}) for _id, reach in changes],
+                                        ordered=False)
+
+    async def still_reaching(self, resource_type: str, history: bool, patient_ref: str, organization: str) -> bool:
+        query: dict[str, Any] = {"compartment": patient_ref, "reach": organization}
+        collection = self.db[resource_type]
+        if history:
+            query["type"], collection = resource_type, self.db[HISTORY]
+        return await collection.find_one(query, projection={"_id": 1}) is not None
 
     # --- identifier keys: one resource per (system, value) -------------------------------------
 

@@ -1,4 +1,5 @@
-"""What the workers do for the record: make bulk exports, and sweep away those whose time is up."""
+"""What the workers do for the record: make bulk exports and sweep away those whose time is up, and bring
+patients' resources to their reach."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from datetime import timedelta
 
 import structlog
 
-from ehr.access import SharedPatients
 from ehr.export import BulkExports
+from ehr.sharing import Sharing
+from ehr.store import RecordStore
 from qilu.auth import Caller
 from qilu.db import connect_mongodb, database
 from qilu.identity import UserDirectory
@@ -21,7 +23,7 @@ def bulk_exports(db, settings: Settings) -> BulkExports:
     return BulkExports(db, settings.path(settings.export_dir), timedelta(hours=settings.export_keep_hours))
 
 
-async def run_export(settings: Settings, job_id: str, shared_for: Callable[[object], SharedPatients]) -> str:
+async def run_export(settings: Settings, job_id: str) -> str:
     """Make one export's files as the user who asked for it, with their reach as it is now."""
     client = connect_mongodb(settings)
     try:
@@ -34,7 +36,7 @@ async def run_export(settings: Settings, job_id: str, shared_for: Callable[[obje
 
         exports = bulk_exports(db, settings)
         try:
-            return await exports.run(job_id, caller_of, shared_for(db), settings.base_url + "/fhir")
+            return await exports.run(job_id, caller_of, settings.base_url + "/fhir")
         except Exception as exc:  # noqa: BLE001 - the caller is told through the job; a retry would not help
             log.warning("export failed", job=job_id, error=str(exc))
             await exports.fail(job_id, "the export could not be made; start it again")
@@ -51,5 +53,14 @@ async def sweep_exports(settings: Settings, enqueue: Callable[[str], None]) -> i
         for job_id in await exports.waiting_too_long():
             enqueue(job_id)
         return await exports.sweep()
+    finally:
+        client.close()
+
+
+async def sweep_reach(settings: Settings) -> dict[str, int]:
+    """Finish half-written reaches, end shares whose time is up, lift settled revocations (ehr/sharing.py)."""
+    client = connect_mongodb(settings)
+    try:
+        return await Sharing(RecordStore(database(client, settings))).sweep()
     finally:
         client.close()

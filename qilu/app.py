@@ -92,9 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         records = RecordService(RecordStore(app.state.db), settings.base_url + "/fhir")
         app.state.audit_sink = AuditTrailWriter(records.append_audit_events)
         app.state.access_log_reader = records.access_log
-        # Which patients are shared with an organization: the referral domain's check plugs in here.
         app.state.referrals = referral_service(app.state.db, settings)
-        app.state.shared_patients = app.state.referrals.shared_patients
         app.state.kick_outbox = _kick_outbox
         app.state.exports = bulk_exports(app.state.db, settings)
         app.state.enqueue_export = _enqueue_export

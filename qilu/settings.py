@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     export_dir: str = "exports"
     export_keep_hours: float = Field(default=24, gt=0)
     export_sweep_s: float = 600.0
+    # How often the worker finishes writing patients' reach, ends shares whose time is up and lifts revocations.
+    reach_sweep_s: float = 10.0
     consult_recording_width: int = Field(default=640, ge=64, le=1920)
     consult_recording_height: int = Field(default=360, ge=64, le=1080)
     consult_recording_fps: int = Field(default=15, ge=1, le=30)

@@ -16,6 +16,7 @@ import structlog
 from ehr.access import Decision, Reach, decide_by_role, decide_party, referral_party
 from ehr.models import RecordError
 from ehr.service import RecordService
+from ehr.sharing import consent_allows
 from fhir_profiles.divisions import is_valid_division_code
 from fhir_profiles.identifiers import CHINA_STANDARD_TIME
 from qilu.auth import Caller
@@ -150,7 +151,7 @@ class ReferralService:
         return decide_party("referral-read", referral_party(caller, doc)).allowed
 
     async def _reach(self, caller: Caller) -> Reach:
-        return Reach(caller, self.records.store, self.shared_patients)
+        return Reach(caller, self.records.store)
 
     # --- reading the record as the system, with clear refusals -------------------------------------------
 
@@ -174,22 +175,6 @@ class ReferralService:
         managing = (patient.get("managingOrganization") or {}).get("reference")
         hospital = (await self.directory.get()).hospitals.get(managing) if managing else None
         return hospital.division if hospital else None
-
-    @staticmethod
-    def _consent_allows(consent: dict[str, Any], patient_ref: str, organization: str, now: datetime) -> bool:
-        if consent.get("status") != "active":
-            return False
-        if (consent.get("patient") or {}).get("reference") != patient_ref:
-            return False
-        provision = consent.get("provision") or {}
-        if provision.get("type") == "deny":
-            return False
-        period = provision.get("period") or {}
-        if period.get("end") and period["end"] < now.date().isoformat():
-            return False
-        actors = [(a.get("reference") or {}).get("reference") for a in provision.get("actor") or []]
-        # No actor named: the patient agreed to sharing with whichever hospital the referral goes to.
-        return not actors or organization in actors
 
     # --- routing ------------------------------------------------------------------------------------
 
@@ -313,7 +298,7 @@ class ReferralService:
             chosen = result.candidates[0]
         routing = routing_of(chosen)
         consent = await self._resource(_ref(body.consent, "Consent"), ("Consent",), "consent")
-        if not self._consent_allows(consent, patient_ref, chosen.hospital, now):
+        if not consent_allows(consent, patient_ref, chosen.hospital, now):
             raise ReferralRefused(422, "No consent", "The patient has no active Consent to share their records "
                                                      f"with {chosen.name}", field="consent")
         directory = await self.directory.get()
@@ -397,7 +382,9 @@ class ReferralService:
 
         for attempt in range(WRITE_ATTEMPTS):
             if await self._claimed_write(doc, write):
-                return await self.store.get(referral_id)
+                written = await self.store.get(referral_id)
+                await self._share_as_written(doc, written)
+                return written
             current = await self.store.get(referral_id)
             if current["version"] != version:
                 raise ReferralRefused(409, "Changed at the same moment",
@@ -597,7 +584,7 @@ class ReferralService:
             consent = await self._resource(doc["consent"], ("Consent",), "consent")
             result = await self._route(patient, body, doc["origin"], frozenset(tried), explain_all=False)
             candidate = next((c for c in result.candidates
-                              if self._consent_allows(consent, doc["patient"], c.hospital, now)), None)
+                              if consent_allows(consent, doc["patient"], c.hospital, now)), None)
         if candidate is None:
             return await self._apply(doc, {"status": "failed", "status_reason": "no hospital accepted in time",
                                            "tried": tried, "share.until": now},
@@ -616,22 +603,16 @@ class ReferralService:
                                  [self._event("escalated", now, [doc["origin"], doc["target"], candidate.hospital],
                                               doc["priority"], previousTarget=doc["target"])])
 
-    # --- sharing: the check the access rules plug in ---------------------------------------------------------
+    # --- sharing: what an accepted referral lets the receiving hospital read -------------------------------
 
-    async def shared_patients(self, organization: str) -> set[str]:
-        """Patients whose records `organization` may read: from acceptance to 30 days after completion, while
-        the Consent is active (revoking it ends the sharing at once)."""
-        now = self.clock()
-        docs = await self.store.find({"share.org": organization, "share.from": {"$lte": now},
-                                      "$or": [{"share.until": None}, {"share.until": {"$gt": now}}]},
-                                     sort=[("_id", 1)], limit=5000)
-        if not docs:
-            return set()
-        consents = {f"Consent/{c['_id']}": c["resource"] for c in await self.records.store.find_by_ids(
-            "Consent", sorted({d["consent"].removeprefix("Consent/") for d in docs}))}
-        return {d["patient"].removeprefix("Patient/") for d in docs
-                if d["consent"] in consents and self._consent_allows(consents[d["consent"]], d["patient"],
-                                                                     organization, now)}
+    async def _share_as_written(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+        """From acceptance to 30 days after completion the receiving hospital reads the patient's records, while
+        the Consent allows; the record keeps that as a grant and writes the patient's reach from it."""
+        if before.get("share") == after.get("share"):
+            return
+        share = after["share"]
+        await self.records.share(f"referral/{after['_id']}", after["patient"], share["org"], after["consent"],
+                                 share.get("from"), share.get("until"))
 
     # --- notifications: the outbox ------------------------------------------------------------------------
 

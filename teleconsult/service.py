@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from ehr.access import HOST, Reach, SharedPatients, consult_party, decide_by_role, decide_party
+from ehr.access import HOST, Reach, consult_party, decide_by_role, decide_party
 from ehr.models import RecordError
 from ehr.service import RecordService
 from qilu.auth import Caller
@@ -110,7 +110,7 @@ def _aware(moment: datetime) -> datetime:
 class ConsultService:
     def __init__(self, store: ConsultStore, records: RecordService, referrals: ReferralService | None,
                  hub: MediaHub | None, rules: ConsultRules, enqueue_recording: Enqueue | None = None,
-                 shared_patients: SharedPatients | None = None, kick_outbox: Kick | None = None):
+                 kick_outbox: Kick | None = None):
         # `records` acts as the system; every rule is applied here before it writes. A worker has no hub.
         self.store = store
         self.records = records
@@ -119,7 +119,6 @@ class ConsultService:
         self.rules = rules
         self.enqueue_recording = enqueue_recording
         self.kick_outbox = kick_outbox  # delivers a referral's new events now rather than at the next sweep
-        self.shared_patients = shared_patients or (referrals.shared_patients if referrals else None)
         self._present: dict[str, dict[str, Presence]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.Task] = {}
@@ -128,9 +127,7 @@ class ConsultService:
         return self._locks.setdefault(consult_id, asyncio.Lock())
 
     def _reach(self, caller: Caller) -> Reach:
-        if self.shared_patients is None:
-            return Reach(caller, self.records.store)
-        return Reach(caller, self.records.store, self.shared_patients)
+        return Reach(caller, self.records.store)
 
     # --- who is who in a room ---------------------------------------------------------------------------
 

@@ -119,6 +119,32 @@ def encounter(patient_id: str, **extra: Any) -> dict[str, Any]:
     return resource
 
 
+def consent(patient_id: str, *, status: str = "active", actors: list[str] | None = None) -> dict[str, Any]:
+    """An R4 privacy Consent of the patient permitting the sharing of their records (no actor: any target)."""
+    provision: dict[str, Any] = {"type": "permit"}
+    if actors:
+        recipient = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                 "code": "IRCP"}]}
+        provision["actor"] = [{"role": recipient, "reference": {"reference": a}} for a in actors]
+    return {"resourceType": "Consent", "status": status,
+            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                                  "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
+            "patient": {"reference": f"Patient/{patient_id}"}, "dateTime": "2024-05-01T08:00:00Z",
+            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+            "provision": provision}
+
+
+async def share_record(records: Any, patient_id: str, organization: str) -> str:
+    """Share a patient's records with `organization` as an accepted referral does: the patient's Consent and a
+    grant in the record, from now on. Returns the Consent's reference."""
+    written, _ = await records.create("Consent", consent(patient_id))
+    source = f"referral/test-{uuid.uuid4().hex[:8]}"
+    await records.share(source, f"Patient/{patient_id}", organization, f"Consent/{written.resource_id}",
+                        dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1), None)
+    return f"Consent/{written.resource_id}"
+
+
 async def create(client: httpx.AsyncClient, resource: dict[str, Any], **headers: str) -> dict[str, Any]:
     response = await client.post(f"/fhir/{resource['resourceType']}", json=resource,
                                  headers={**JSON_HEADERS, **headers})

@@ -31,6 +31,7 @@ app.conf.update(
         "referral-outbox": {"task": "qilu.referral.deliver_outbox", "schedule": settings.outbox_sweep_s},
         "referral-stats": {"task": "qilu.referral.refresh_stats", "schedule": settings.stats_refresh_s},
         "ehr-exports": {"task": "qilu.ehr.sweep_exports", "schedule": settings.export_sweep_s},
+        "ehr-reach": {"task": "qilu.ehr.sweep_reach", "schedule": settings.reach_sweep_s},
     },
     # One schedule file per database: two beats sharing a data directory must not share one shelve file.
     beat_schedule_filename=str(settings.path(f"celerybeat-schedule-{settings.mongodb_db}")),

@@ -35,20 +35,20 @@ def refresh_referral_stats() -> dict:
     return asyncio.run(referral_tasks.refresh_stats(get_settings()))
 
 
-def _shared_patients(db):
-    """Which patients are shared with a hospital: the referral domain's check, as the API process wires it."""
-    return referral_tasks.referral_service(db, get_settings()).shared_patients
-
-
 @app.task(name="qilu.ehr.run_export", **RETRYING)
 def run_bulk_export(job_id: str) -> str:
-    return asyncio.run(ehr_tasks.run_export(get_settings(), job_id, _shared_patients))
+    return asyncio.run(ehr_tasks.run_export(get_settings(), job_id))
 
 
 @app.task(name="qilu.ehr.sweep_exports", **RETRYING)
 def sweep_bulk_exports() -> int:
     return asyncio.run(ehr_tasks.sweep_exports(
         get_settings(), lambda job_id: run_bulk_export.apply_async(args=[job_id], ignore_result=True)))
+
+
+@app.task(name="qilu.ehr.sweep_reach", **RETRYING)
+def sweep_reach() -> dict:
+    return asyncio.run(ehr_tasks.sweep_reach(get_settings()))
 
 
 @app.task(name="qilu.teleconsult.process_recording", **RETRYING)

@@ -34,7 +34,7 @@ from logins import login
 from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu.accounts import add_user
-from sample_records import FHIR_JSON, JSON_HEADERS, PASSWORD, chinese_given, new_national_id, observation, \
+from sample_records import FHIR_JSON, JSON_HEADERS, PASSWORD, chinese_given, new_national_id, observation, share_record, \
     organization
 
 PATIENTS = ("A", "B", "C")
@@ -149,6 +149,7 @@ class Ctx:
     patients: dict[str, Any]  # key -> User
     seeds: dict[str, Seed] = field(default_factory=dict)
     cards: dict[str, str] = field(default_factory=dict)  # patient key -> card id
+    consents: dict[str, str] = field(default_factory=dict)  # patient key -> the Consent their sharing rests on
     audit_events: dict[str, str] = field(default_factory=dict)  # patient key -> an AuditEvent id about them only
     holder_clients: dict[str, httpx.AsyncClient] = field(default_factory=dict)
     system: RecordService | None = None
@@ -198,66 +199,59 @@ async def ctx(app, world, client):
                 for key, org in managing.items()}
     doctor_s = await person("practitioner", f"SHR{tag}", "吴医生", hospital_s)
     pid = {key: user.fhir_user.removeprefix("Patient/") for key, user in patients.items()}
-    shared = {hospital_s: {pid["A"]}, world.home: {pid["B"]}}
+    # A is shared with hospital S, B with the home hospital, as accepted referrals share them.
+    consents = {"A": await share_record(system, pid["A"], hospital_s),
+                "B": await share_record(system, pid["B"], world.home)}
+    async with (logged_in(app, patients["A"]) as patient_a, logged_in(app, patients["B"]) as patient_b,
+                logged_in(app, world.doctor) as doctor_h, logged_in(app, world.doctor_elsewhere) as doctor_e,
+                logged_in(app, doctor_s) as doctor_s_http, logged_in(app, world.admin) as admin):
+        anon = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
+        c = Ctx(app, {"patient": patient_a, "doctor_H": doctor_h, "doctor_E": doctor_e,
+                      "doctor_S": doctor_s_http, "admin": admin, "anon": anon}, patients, system=system)
+        c.holder_clients = {"A": patient_a, "B": patient_b}
+        c.consents = consents
 
-    async def shared_patients(organization_ref: str) -> set[str]:
-        return set(shared.get(organization_ref, set()))
+        async def seed(name: str, resource: dict, compartment: set[str]) -> None:
+            done, _ = await system.create(resource["resourceType"], resource)
+            c.seeds[name] = Seed(f"{resource['resourceType']}/{done.resource_id}", frozenset(compartment))
 
-    previous_plug = app.state.shared_patients
-    app.state.shared_patients = shared_patients  # the documented plug of the referral part
-    try:
-        async with (logged_in(app, patients["A"]) as patient_a, logged_in(app, patients["B"]) as patient_b,
-                    logged_in(app, world.doctor) as doctor_h, logged_in(app, world.doctor_elsewhere) as doctor_e,
-                    logged_in(app, doctor_s) as doctor_s_http, logged_in(app, world.admin) as admin):
-            anon = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
-            c = Ctx(app, {"patient": patient_a, "doctor_H": doctor_h, "doctor_E": doctor_e,
-                          "doctor_S": doctor_s_http, "admin": admin, "anon": anon}, patients, system=system)
-            c.holder_clients = {"A": patient_a, "B": patient_b}
-
-            async def seed(name: str, resource: dict, compartment: set[str]) -> None:
-                done, _ = await system.create(resource["resourceType"], resource)
-                c.seeds[name] = Seed(f"{resource['resourceType']}/{done.resource_id}", frozenset(compartment))
-
-            for key in PATIENTS:
-                c.seeds[f"patient_{key}"] = Seed(f"Patient/{pid[key]}", frozenset({key}))
-            for key in ("A", "B", "C"):
-                await seed(f"obs_{key}", observation(pid[key]), {key})
-            for key in ("A", "B"):
-                # Belongs to nobody (a type that may: practitioners see it) but points at the patient: an
-                # _include bridge.
-                await seed(f"bridge_{key}", {"resourceType": "Provenance", "recorded": "2024-03-01T08:00:00Z",
-                                             "target": [{"reference": f"Observation/{key}-elsewhere"}],
-                                             "agent": [{"who": {"reference": f"Patient/{pid[key]}"}}]}, set())
-                # C's record that points at A or B: bait for _revinclude.
-                await seed(f"bait_{key}", {"resourceType": "Task", "status": "requested", "intent": "order",
-                                           "for": {"reference": f"Patient/{pid['C']}"},
-                                           "focus": {"reference": f"Patient/{pid[key]}"}}, {"C"})
-            # A links to C: bait for _include=Patient:link.
-            current = (await system.read("Patient", pid["A"]))["resource"]
-            await system.update("Patient", pid["A"], {**current, "link": [
-                {"other": {"reference": f"Patient/{pid['C']}"}, "type": "seealso"}]})
-            for key, holder in c.holder_clients.items():
-                issued = await holder.post("/api/cards", json={"patient": patients[key].fhir_user,
-                                                               "national_id": patients[key].login,
-                                                               "name": patients[key].display_name})
-                assert issued.status_code == 201, issued.text
-                c.cards[key] = issued.json()["id"]
-            # An AuditEvent about A only and one about B only: their managing doctors' reads.
-            for key, doctor, user in (("A", doctor_h, world.doctor), ("B", doctor_e, world.doctor_elsewhere)):
-                assert (await doctor.get(f"/fhir/Patient/{pid[key]}")).status_code == 200
-                found = await admin.get("/fhir/AuditEvent", params={
-                    "entity": f"Patient/{pid[key]}", "agent": user.fhir_user, "subtype": "read"})
-                assert found.status_code == 200, found.text
-                events = [e["resource"] for e in found.json().get("entry", [])]
-                assert events, found.text
-                c.audit_events[key] = events[0]["id"]
-            try:
-                yield c
-            finally:
-                await anon.aclose()
-    finally:
-        app.state.shared_patients = previous_plug
-    assert app.state.shared_patients is previous_plug
+        for key in PATIENTS:
+            c.seeds[f"patient_{key}"] = Seed(f"Patient/{pid[key]}", frozenset({key}))
+        for key in ("A", "B", "C"):
+            await seed(f"obs_{key}", observation(pid[key]), {key})
+        for key in ("A", "B"):
+            # Belongs to nobody (a type that may: practitioners see it) but points at the patient: an
+            # _include bridge.
+            await seed(f"bridge_{key}", {"resourceType": "Provenance", "recorded": "2024-03-01T08:00:00Z",
+                                         "target": [{"reference": f"Observation/{key}-elsewhere"}],
+                                         "agent": [{"who": {"reference": f"Patient/{pid[key]}"}}]}, set())
+            # C's record that points at A or B: bait for _revinclude.
+            await seed(f"bait_{key}", {"resourceType": "Task", "status": "requested", "intent": "order",
+                                       "for": {"reference": f"Patient/{pid['C']}"},
+                                       "focus": {"reference": f"Patient/{pid[key]}"}}, {"C"})
+        # A links to C: bait for _include=Patient:link.
+        current = (await system.read("Patient", pid["A"]))["resource"]
+        await system.update("Patient", pid["A"], {**current, "link": [
+            {"other": {"reference": f"Patient/{pid['C']}"}, "type": "seealso"}]})
+        for key, holder in c.holder_clients.items():
+            issued = await holder.post("/api/cards", json={"patient": patients[key].fhir_user,
+                                                           "national_id": patients[key].login,
+                                                           "name": patients[key].display_name})
+            assert issued.status_code == 201, issued.text
+            c.cards[key] = issued.json()["id"]
+        # An AuditEvent about A only and one about B only: their managing doctors' reads.
+        for key, doctor, user in (("A", doctor_h, world.doctor), ("B", doctor_e, world.doctor_elsewhere)):
+            assert (await doctor.get(f"/fhir/Patient/{pid[key]}")).status_code == 200
+            found = await admin.get("/fhir/AuditEvent", params={
+                "entity": f"Patient/{pid[key]}", "agent": user.fhir_user, "subtype": "read"})
+            assert found.status_code == 200, found.text
+            events = [e["resource"] for e in found.json().get("entry", [])]
+            assert events, found.text
+            c.audit_events[key] = events[0]["id"]
+        try:
+            yield c
+        finally:
+            await anon.aclose()
 
 
 # --- checks ---------------------------------------------------------------------------------------------
@@ -541,7 +535,8 @@ def _check_allowed_fetch(c: Ctx, family: str, role: str, key: str, response: htt
         assert refs == {patient_ref}, refs
     elif family == "everything":
         refs = _bundle_refs(response)
-        assert refs == {patient_ref, c.seeds[f"obs_{key}"].reference, f"Basic/{c.cards[key]}"}, refs
+        assert refs == {patient_ref, c.seeds[f"obs_{key}"].reference, f"Basic/{c.cards[key]}",
+                        c.consents[key]}, refs
     elif family == "audit-read":
         assert response.json()["id"] == c.audit_events[key]
     elif family.startswith("card"):

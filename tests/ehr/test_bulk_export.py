@@ -223,7 +223,7 @@ async def test_an_account_deactivated_before_its_export_runs_exports_nothing(app
     exports = ehr_tasks.bulk_exports(app.state.db, settings)
     job = await exports.start(Caller.of(user), ExportRequest(("Patient",), None), "http://testserver/fhir/x")
     await UserDirectory(app.state.db).change(user.id, {"active": False})
-    status = await ehr_tasks.run_export(settings, job["_id"], lambda db: app.state.shared_patients)
+    status = await ehr_tasks.run_export(settings, job["_id"])
     assert status == "failed"
     stored = await app.state.db[EXPORTS].find_one({"_id": job["_id"]})
     assert stored["status"] == "failed" and "no longer active" in stored["error"]

@@ -358,7 +358,7 @@ async def test_write_abandoned_between_history_and_current_is_rolled_forward(doc
     orphan = {**created, "active": True, "meta": {"versionId": "2", "lastUpdated": created["meta"]["lastUpdated"]}}
     stamp = now_utc() - ABANDONED_WRITE_AFTER - timedelta(seconds=1)
     assert await RecordStore(app.state.db).claim_version("Patient", pid, 2, stamp, "PUT", orphan, "dead-writer",
-                                                         [f"Patient/{pid}"])
+                                                         [f"Patient/{pid}"], [world.home])
 
     response = await doctor_client.put(f"/fhir/Patient/{pid}", json={**created, "active": False}, headers=JSON_HEADERS)
     assert response.status_code == 200, response.text

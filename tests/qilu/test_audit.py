@@ -18,7 +18,8 @@ from ehr.service import RecordService
 from ehr.store import RecordStore
 from qilu.accounts import add_user
 from qilu.audit import AuditTrailWriter, audit_event
-from sample_records import JSON_HEADERS, PASSWORD, chinese_given, new_national_id, observation, organization, tag
+from sample_records import JSON_HEADERS, PASSWORD, chinese_given, new_national_id, observation, organization, \
+    share_record, tag
 
 PURPOSE_DISPLAY = {"TREAT": "治疗 Treatment", "ETREAT": "急诊治疗 Emergency treatment",
                    "HOPERAT": "医疗机构运营 Healthcare operations"}
@@ -67,34 +68,27 @@ async def day(app, world) -> Day:
         done, _ = await system.create("Observation", observation(patient_id, code=code))
         observations.append(done.resource_id)
 
-    async def shared_patients(organization_ref: str) -> set[str]:
-        return {patient_id} if organization_ref == shared_org else set()
-
-    previous_plug = app.state.shared_patients
-    app.state.shared_patients = shared_patients  # the referral part's plug, as documented in qilu.app
-    try:
-        async with (logged_in(app, world.doctor) as doctor, logged_in(app, shared_doctor) as specialist,
-                    logged_in(app, world.doctor_elsewhere) as stranger, logged_in(app, patient) as own):
-            # 08:00 the county doctor opens the record (no purpose given: treatment).
-            assert (await doctor.get(f"/fhir/Patient/{patient_id}")).status_code == 200
-            # 08:05 and looks through the observations, in an emergency.
-            found = await doctor.get("/fhir/Observation", params={"patient": patient_id},
-                                     headers={"X-Purpose-Of-Use": "ETREAT"})
-            assert found.status_code == 200 and found.json()["total"] == 2
-            # 10:00 the specialist of the hospital the patient is shared with reads the record.
-            assert (await specialist.get(f"/fhir/Patient/{patient_id}",
-                                         headers={"X-Purpose-Of-Use": "treat"})).status_code == 200
-            # 12:00 the patient reads their own record.
-            assert (await own.get(f"/fhir/Patient/{patient_id}")).status_code == 200
-            # 15:00 a doctor of another hospital tries, and is refused.
-            assert (await stranger.get(f"/fhir/Patient/{patient_id}",
-                                       headers={"X-Purpose-Of-Use": "HOPERAT"})).status_code == 404
-            log = await own.get("/api/me/access-log")
-            assert log.status_code == 200, log.text
-            log_with_own = await own.get("/api/me/access-log", params={"include_own": "true"})
-            assert log_with_own.status_code == 200, log_with_own.text
-    finally:
-        app.state.shared_patients = previous_plug
+    await share_record(system, patient_id, shared_org)
+    async with (logged_in(app, world.doctor) as doctor, logged_in(app, shared_doctor) as specialist,
+                logged_in(app, world.doctor_elsewhere) as stranger, logged_in(app, patient) as own):
+        # 08:00 the county doctor opens the record (no purpose given: treatment).
+        assert (await doctor.get(f"/fhir/Patient/{patient_id}")).status_code == 200
+        # 08:05 and looks through the observations, in an emergency.
+        found = await doctor.get("/fhir/Observation", params={"patient": patient_id},
+                                 headers={"X-Purpose-Of-Use": "ETREAT"})
+        assert found.status_code == 200 and found.json()["total"] == 2
+        # 10:00 the specialist of the hospital the patient is shared with reads the record.
+        assert (await specialist.get(f"/fhir/Patient/{patient_id}",
+                                     headers={"X-Purpose-Of-Use": "treat"})).status_code == 200
+        # 12:00 the patient reads their own record.
+        assert (await own.get(f"/fhir/Patient/{patient_id}")).status_code == 200
+        # 15:00 a doctor of another hospital tries, and is refused.
+        assert (await stranger.get(f"/fhir/Patient/{patient_id}",
+                                   headers={"X-Purpose-Of-Use": "HOPERAT"})).status_code == 404
+        log = await own.get("/api/me/access-log")
+        assert log.status_code == 200, log.text
+        log_with_own = await own.get("/api/me/access-log", params={"include_own": "true"})
+        assert log_with_own.status_code == 200, log_with_own.text
     return Day(patient, patient_id, observations, shared_doctor, shared_org_name, home_org_name,
                elsewhere_org_name, log.json(), log_with_own.json())
 

@@ -24,7 +24,7 @@ from qilu.accounts import add_user
 from qilu.identity import User
 from referral.directory import SPECIALTY_SYSTEM
 from referral.store import ReferralFeed
-from sample_records import PASSWORD, condition, new_national_id, observation, organization
+from sample_records import PASSWORD, condition, consent, new_national_id, observation, organization  # noqa: F401 - consent is re-exported
 
 BASE = "http://testserver/fhir"
 SPECIALTY = "cardiology"
@@ -116,22 +116,6 @@ async def add_hospital(db, name: str, division: str, alliance: str, specialty: s
     reference = f"Organization/{written.resource_id}"
     await records.create("HealthcareService", _service(reference, f"{name} department", specialty, ["pci"]))
     return reference
-
-
-def consent(patient_id: str, *, status: str = "active", actors: list[str] | None = None) -> dict[str, Any]:
-    """An R4 privacy Consent of the patient permitting the sharing of their records (no actor: any target)."""
-    provision: dict[str, Any] = {"type": "permit"}
-    if actors:
-        recipient = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
-                                 "code": "IRCP"}]}
-        provision["actor"] = [{"role": recipient, "reference": {"reference": a}} for a in actors]
-    return {"resourceType": "Consent", "status": status,
-            "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                                  "code": "patient-privacy"}]},
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0", "display": "Patient Consent"}]}],
-            "patient": {"reference": f"Patient/{patient_id}"}, "dateTime": "2024-05-01T08:00:00Z",
-            "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
-            "provision": provision}
 
 
 def discharge_summary(patient_id: str, author: str, text: str = "PCI of the LAD, stent placed") -> dict[str, Any]:
