@@ -75,9 +75,12 @@ def _managing(patient: dict[str, Any] | None) -> set[str]:
 class Sharing:
     """The reach of patients' records: computed from grants and Consents, and written to their resources."""
 
-    def __init__(self, store: RecordStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+    def __init__(self, store: RecordStore, clock: Callable[[], datetime] = lambda: datetime.now(UTC), *,
+                 batch: int = BATCH, inline_batches: int = INLINE_BATCHES):
         self.store = store
         self.clock = clock
+        self.batch = batch
+        self.inline_batches = inline_batches
 
     # --- asking --------------------------------------------------------------------------------
 
@@ -131,7 +134,7 @@ class Sharing:
         await self.refresh(patient_id)
 
     async def refresh(self, patient_id: str, formerly: set[str] = frozenset(),
-                      inline_batches: int = INLINE_BATCHES) -> None:
+                      inline_batches: int | None = None) -> None:
         """Work out the patient's reach again from their hospital, grants and Consents, and write it.
         `formerly`: hospitals the patient's resources may reach that their reach document does not name (the
         managing hospital before a transfer)."""
@@ -175,7 +178,7 @@ class Sharing:
             "orgs": sorted(orgs),
             # When the next share ends by the clock, as text so the embedded engine's index can range over it.
             "expires": min(untils).isoformat(timespec="milliseconds") if untils else None})
-        await self.spread(patient_id, max_batches=inline_batches)
+        await self.spread(patient_id, max_batches=self.inline_batches if inline_batches is None else inline_batches)
 
     async def spread(self, patient_id: str, max_batches: int | None = None) -> bool:
         """Bring the patient's resources to their reach, from where the last run stopped; True when done."""
@@ -184,12 +187,14 @@ class Sharing:
             return True
         gen, cursor = reaches[0]["gen"], reaches[0].get("cursor") or {"step": 0, "after": ""}
         patient_ref = f"Patient/{patient_id}"
-        step, after, batches = cursor["step"], cursor["after"], 0
+        # The budget is in documents: a type the patient has nothing of costs one indexed look, no batch.
+        step, after, read = cursor["step"], cursor["after"], 0
+        budget = None if max_batches is None else max_batches * self.batch
         while step < len(STEPS):
-            if max_batches is not None and batches >= max_batches:
+            if budget is not None and read >= budget:
                 return False
             resource_type, history = STEPS[step]
-            documents = await self.store.reach_batch(resource_type, history, patient_ref, after, BATCH)
+            documents = await self.store.reach_batch(resource_type, history, patient_ref, after, self.batch)
             patients = {m.removeprefix("Patient/") for d in documents for m in d.get("compartment") or []}
             reach = await self.reach_of(patients) if documents else {}
             changes = []
@@ -199,16 +204,16 @@ class Sharing:
                 if document.get("reach") != wanted:
                     changes.append((document["_id"], wanted))
             await self.store.set_reach(resource_type, history, changes)
-            batches += 1
-            if len(documents) < BATCH:
+            read += len(documents)
+            if len(documents) < self.batch:
                 step, after = step + 1, ""
             else:
                 after = documents[-1]["_id"]
             if not await self.store.save_reach_cursor(patient_id, gen, {"step": step, "after": after}):
                 # A newer change started over; its run (or the sweep) writes it.
-                return await self.spread(patient_id, None if max_batches is None else max_batches - batches)
+                return await self.spread(patient_id, None if budget is None else max(0, budget - read) // self.batch)
         if not await self.store.finish_patient_reach(patient_id, gen):
-            return await self.spread(patient_id, None if max_batches is None else max_batches - batches)
+            return await self.spread(patient_id, None if budget is None else max(0, budget - read) // self.batch)
         await self.store.settle_revoking(patient_id, self.clock() + SETTLE_AFTER)
         return True
 

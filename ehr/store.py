@@ -38,7 +38,7 @@ def history_id(resource_type: str, resource_id: str, version: int) -> str:
 
 async def is_embedded_engine(db: AsyncIOMotorDatabase) -> bool:
     """True on FerretDB (the embedded engine), whose build keeps mk_ indexes in side tables."""
-    return "ferretdb" in await db.command("buildInfo")
+    return "ferretdbVersion" in await db.command("buildInfo")
 
 
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:

@@ -129,8 +129,8 @@ def _matches(document: dict[str, Any], query: dict[str, Any]) -> bool:
 
 async def test_the_records_searches_read_no_whole_collection(engine):
     """Every find and count the service sends for the searches the portals use (a patient's results by code,
-    a patient by name, a patient's conditions, $everything, an instance's history), as the managing hospital's
-    practitioner, is answered through an index."""
+    a patient by name, a patient's conditions, $everything, an instance's history, the hospital's results by code
+    and a type's history), as the managing hospital's practitioner, is answered through an index."""
     db, listener, is_ferretdb = engine
     await ensure_indexes(db)
     system = RecordService(RecordStore(db), "http://testserver/fhir")
@@ -164,6 +164,14 @@ async def test_the_records_searches_read_no_whole_collection(engine):
     assert len([e for e in everything["entry"] if e["resource"]["resourceType"] == "Observation"]) == 3
     history = await records.history("Patient", first, [])
     assert history["total"] == 2
+    # Without a patient: the hospital's reach is the condition, with a revocation under way or not.
+    found = await records.search("Observation", [("code", "http://loinc.org|2339-0")])
+    assert len(found["entry"]) == 3
+    await RecordStore(db).mark_revoking(ids[2], {org})
+    found = await records.search("Observation", [("code", "http://loinc.org|2339-0")])
+    assert {e["resource"]["subject"]["reference"] for e in found["entry"]} == {f"Patient/{i}" for i in ids[:2]}
+    assert len((await records.history("Observation", None, [("_count", "5")]))["entry"]) == 5
+    assert "entry" not in await records.search("Appointment", [("status", "booked")])
     queries = list(listener.queries)
     assert len(queries) >= 5
     if not is_ferretdb:
@@ -174,3 +182,8 @@ async def test_the_records_searches_read_no_whole_collection(engine):
         if not plan["filterPushdown"] or _scans(plan):
             scanning.append((collection, query, plan["queryPlanner"]["Plan"]))
     assert not scanning, scanning
+    # The hospital's search by code goes through the compound index of reach and code.
+    reached = [query for collection, query in queries if collection == "Observation" and "reach" in str(query)]
+    assert reached
+    plan = await _plan(db, "Observation", reached[0])
+    assert any("mk_reach_code" in step for step in plan["queryPlanner"]["Plan"]), plan["queryPlanner"]["Plan"]
