@@ -105,6 +105,13 @@ class Sharing:
             out[reach["_id"]] |= live_shares(reach, now)
         return out
 
+    async def reaches_for(self, compartments: list[list[str]]) -> list[list[str]]:
+        """`reach` for documents of these compartments, with one look-up for all (a batch)."""
+        patients = {member.removeprefix("Patient/") for compartment in compartments for member in compartment}
+        reach = await self.reach_of(patients) if patients else {}
+        return [sorted(set().union(*(reach[m.removeprefix("Patient/")] for m in compartment)))
+                if compartment else [EVERY_PRACTITIONER] for compartment in compartments]
+
     async def reach_of_document(self, resource_type: str, document: dict[str, Any],
                                 previous: dict[str, Any] | None) -> list[str]:
         """`reach` of a document about to be written (its sp and compartment made)."""
@@ -115,10 +122,7 @@ class Sharing:
             reaches = await self.store.patient_reaches([document["_id"]])
             shares = live_shares(reaches[0], self.clock()) if reaches else set()
             return sorted(_managing(document) | shares)
-        patients = {member.removeprefix("Patient/") for member in document["compartment"]}
-        if not patients:
-            return [EVERY_PRACTITIONER]
-        return sorted(set().union(*(await self.reach_of(patients)).values()))
+        return (await self.reaches_for([document["compartment"]]))[0]
 
     # --- changing -------------------------------------------------------------------------------
 
@@ -195,14 +199,8 @@ class Sharing:
                 return False
             resource_type, history = STEPS[step]
             documents = await self.store.reach_batch(resource_type, history, patient_ref, after, self.batch)
-            patients = {m.removeprefix("Patient/") for d in documents for m in d.get("compartment") or []}
-            reach = await self.reach_of(patients) if documents else {}
-            changes = []
-            for document in documents:
-                wanted = sorted(set().union(*(reach[m.removeprefix("Patient/")]
-                                              for m in document.get("compartment") or [])))
-                if document.get("reach") != wanted:
-                    changes.append((document["_id"], wanted))
+            wanted = await self.reaches_for([d.get("compartment") or [] for d in documents])
+            changes = [(d["_id"], reach) for d, reach in zip(documents, wanted, strict=True) if d.get("reach") != reach]
             await self.store.set_reach(resource_type, history, changes)
             read += len(documents)
             if len(documents) < self.batch:

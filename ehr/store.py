@@ -25,6 +25,7 @@ IDENTIFIER_KEYS = "identifier_keys"
 PATIENT_REACH = "patient_reach"
 REACH_GRANTS = "reach_grants"
 REACH_REVOKING = "reach_revoking"
+REINDEX_STATE = "reindex_state"  # where a `qilu reindex` stopped, per collection
 
 
 # The types whose documents carry `reach`: a patient's own and the types of patients' records. AuditEvents
@@ -307,6 +308,41 @@ class RecordStore:
         if history:
             query["type"], collection = resource_type, self.db[HISTORY]
         return await collection.find_one(query, projection={"_id": 1}) is not None
+
+    # --- reindexing: what is kept beside each resource, derived again ------------------------------
+
+    async def stored_batch(self, resource_type: str, history: bool, after: str, limit: int) -> list[dict[str, Any]]:
+        """The next current documents (or history entries) of a type in _id order after `after`."""
+        query: dict[str, Any] = {"_id": {"$gt": after}}
+        collection = self.db[resource_type]
+        if history:
+            query["type"], collection = resource_type, self.db[HISTORY]
+        return await collection.find(query, sort=[("_id", ASCENDING)], limit=limit).to_list(length=limit)
+
+    async def count_stored(self, resource_type: str, history: bool, after: str = "") -> int:
+        """How many documents of a type are stored past `after`."""
+        query: dict[str, Any] = {"_id": {"$gt": after}} if after else {}
+        if history:
+            return await self.db[HISTORY].count_documents({**query, "type": resource_type})
+        return await self.db[resource_type].count_documents(query)
+
+    async def rederive(self, resource_type: str, history: bool,
+                       changes: list[tuple[str, int, dict[str, Any]]]) -> None:
+        """Set derived fields of documents still at the version read (a write since then derived its own)."""
+        if changes:
+            collection = self.db[HISTORY] if history else self.db[resource_type]
+            await collection.bulk_write([UpdateOne({"_id": _id, "vid": vid}, {"$set": fields})
+                                         for _id, vid, fields in changes], ordered=False)
+
+    async def reindex_cursor(self, key: str) -> str | None:
+        found = await self.db[REINDEX_STATE].find_one({"_id": key})
+        return found["after"] if found else None
+
+    async def save_reindex_cursor(self, key: str, after: str | None) -> None:
+        if after is None:
+            await self.db[REINDEX_STATE].delete_one({"_id": key})
+        else:
+            await self.db[REINDEX_STATE].replace_one({"_id": key}, {"_id": key, "after": after}, upsert=True)
 
     # --- identifier keys: one resource per (system, value) -------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -206,6 +207,44 @@ def import_command(
         typer.secho("  " + line, fg=typer.colors.RED, err=True)
     if not report.ok:
         raise typer.Exit(1)
+
+
+@cli.command("reindex")
+def reindex_command(
+    resource_types: list[str] = typer.Argument(None, help="Resource types (all when none is named)."),
+) -> None:
+    """Derive again the search fields, compartments and reach of stored resources, in batches; an interrupted
+    run goes on from where it stopped when started again."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ehr.models import RESOURCE_TYPES
+    from ehr.reindex import Reindex
+    from ehr.store import RecordStore
+    from qilu.db import connect_mongodb, database
+
+    unknown = sorted(set(resource_types or []) - set(RESOURCE_TYPES))
+    if unknown:
+        typer.secho(f"not a resource type the record keeps: {', '.join(unknown)}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    settings = get_settings()
+
+    async def run(progress) -> dict[str, int]:
+        client = connect_mongodb(settings)
+        try:
+            return await Reindex(RecordStore(database(client, settings))).run(resource_types or None, progress)
+        finally:
+            client.close()
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total, completed=done)
+            bar.update(tasks[what], completed=done, total=total)
+
+        changed = asyncio.run(run(progress))
+    typer.echo(f"reindexed: {sum(changed.values())} documents changed")
 
 
 def main() -> None:
