@@ -163,10 +163,10 @@ class AccountService:
     """Who may manage accounts (administrators) and how: list, create, disable, enable, unlock, reset a password;
     for a patient's account, found by its login only, unlock and reset a password."""
 
-    def __init__(self, db: AsyncIOMotorDatabase, base_url: str):
+    def __init__(self, db: AsyncIOMotorDatabase, base_url: str, users: UserDirectory | None = None):
         self.db = db
         self.base_url = base_url  # of the FHIR API, for the resources a new account stands for
-        self.users = UserDirectory(db)
+        self.users = users or UserDirectory(db)
 
     @staticmethod
     def _require_admin(caller: Caller) -> None:

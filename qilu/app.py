@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.mongo = connect_mongodb(settings)
         app.state.db = database(app.state.mongo, settings)
         app.state.redis = connect_redis(settings)
-        app.state.users = UserDirectory(app.state.db)
+        app.state.users = UserDirectory(app.state.db, app.state.redis)
+        app.state.users.start()
         app.state.tokens = TokenService(settings, app.state.keys, app.state.redis, app.state.users)
         # The audit trail and the access log live in the record; auth and audit reach them through these.
         records = RecordService(RecordStore(app.state.db), settings.base_url + "/fhir")
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await app.state.consults.stop()
+            await app.state.users.stop()
             await app.state.redis.aclose()
             app.state.mongo.close()
 

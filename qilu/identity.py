@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -12,12 +14,16 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
+from structlog import get_logger
 
 Role = Literal["patient", "practitioner", "admin"]
 ROLES: tuple[Role, ...] = ("patient", "practitioner", "admin")
 USERS = "users"
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
+# How long a process trusts a user it read without hearing of a change (a bound, should an announcement be lost).
+CACHE_S = 60.0
+log = get_logger("qilu.identity")
 
 _hasher = PasswordHasher()
 # Compared against when the login is unknown, so a wrong login costs as much time as a wrong password.
@@ -67,8 +73,70 @@ def _normalise_login(login: str) -> str:
 
 
 class UserDirectory:
-    def __init__(self, db: AsyncIOMotorDatabase):
+    """The users. With `redis`, the user check every request makes (`get`) is answered from this process's
+    memory, and every change is announced on Redis so that every process forgets that user at once; while this
+    process is not hearing the announcements (Redis away, or before it has subscribed), it asks the database."""
+
+    def __init__(self, db: AsyncIOMotorDatabase, redis: Any = None):
         self.users = db[USERS]
+        self.redis = redis
+        self.channel = f"qilu:{db.name}:users-changed"
+        self._cache: dict[str, tuple[User, float]] = {}
+        self._heard = 0  # announcements heard: a read that began before one is not kept
+        self._listening = False
+        self._listener: asyncio.Task | None = None
+
+    # --- the cache of the user check ---
+
+    def start(self) -> None:
+        if self.redis is not None and self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            await asyncio.gather(self._listener, return_exceptions=True)
+            self._listener = None
+        self._forget_all()
+
+    def _forget_all(self) -> None:
+        self._listening = False
+        self._cache.clear()
+        self._heard += 1
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    if message["type"] == "subscribe":
+                        self._listening = True  # from here on, every change is heard
+                    elif message["type"] == "message":
+                        self._cache.pop(message["data"].decode(), None)
+                        self._heard += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis away: ask the database until it is back
+                if self._listening:
+                    log.warning("user changes not heard; checking users in the database", error=str(exc))
+                self._forget_all()
+                await asyncio.sleep(1.0)
+            finally:
+                await asyncio.shield(pubsub.aclose())
+
+    async def _announce(self, user_id: str) -> None:
+        self._cache.pop(user_id, None)
+        self._heard += 1
+        if self.redis is None:
+            return
+        try:
+            await self.redis.publish(self.channel, user_id)
+        except Exception as exc:  # noqa: BLE001 - the other processes stop trusting their copy within CACHE_S
+            log.warning("a user change was not announced", error=str(exc))
 
     async def add(self, *, login: str, password: str, role: Role, display_name: str, fhir_user: str | None = None,
                   organization: str | None = None, practitioner: str | None = None) -> User:
@@ -87,8 +155,16 @@ class UserDirectory:
         return User.from_document(doc)
 
     async def get(self, user_id: str) -> User | None:
+        """The user if active (the check every request makes)."""
+        cached = self._cache.get(user_id)
+        if cached is not None and self._listening and time.monotonic() - cached[1] < CACHE_S:
+            return cached[0]
+        heard = self._heard
         doc = await self.users.find_one({"_id": user_id, "active": True})
-        return User.from_document(doc) if doc else None
+        user = User.from_document(doc) if doc else None
+        if user is not None and self._listening and heard == self._heard:
+            self._cache[user_id] = (user, time.monotonic())
+        return user
 
     async def by_login(self, login: str) -> User | None:
         doc = await self.users.find_one({"login": _normalise_login(login)})
@@ -113,14 +189,17 @@ class UserDirectory:
         """Set `changes` (active, lock-out) on one user; the user as now stored, or None."""
         # FerretDB's findAndModify takes no projection: the hash is left out by reading the user again.
         result = await self.users.update_one({"_id": user_id}, {"$set": changes})
+        await self._announce(user_id)
         return await self.document(user_id) if result.matched_count else None
 
     async def set_password(self, login: str, password: str) -> bool:
         """A new password ends every session of the account: whoever knew the old one is logged out."""
-        result = await self.users.update_one({"login": _normalise_login(login)}, {"$set": {
+        doc = await self.users.find_one_and_update({"login": _normalise_login(login)}, {"$set": {
             "password_hash": _hasher.hash(password), "failed_logins": 0, "locked_until": None,
             "sessions_since": datetime.now(UTC)}})
-        return result.matched_count == 1
+        if doc is not None:
+            await self._announce(doc["_id"])
+        return doc is not None
 
     async def authenticate(self, login: str, password: str) -> User:
         doc = await self.users.find_one({"login": _normalise_login(login)})

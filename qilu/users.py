@@ -48,7 +48,8 @@ class LookupBody(StrictModel):
 
 
 def accounts(request: Request) -> AccountService:
-    return AccountService(request.app.state.db, request.app.state.settings.base_url + "/fhir")
+    return AccountService(request.app.state.db, request.app.state.settings.base_url + "/fhir",
+                          request.app.state.users)  # its changes are announced to every process
 
 
 def _organizations(value: str | None) -> list[str]:

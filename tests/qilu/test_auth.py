@@ -202,7 +202,7 @@ async def test_a_deactivated_user_loses_access_at_once_with_own_or_external_toke
         for token in (own_token, external_token):
             me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 200 and me.json()["id"] == user.id
-        await app.state.db["users"].update_one({"_id": user.id}, {"$set": {"active": False}})
+        await app.state.users.change(user.id, {"active": False})  # as the administrators' page does
         for why, token in (("own", own_token), ("external", external_token)):
             me = await http.get("/api/me", headers={"Authorization": f"Bearer {token}"})
             assert me.status_code == 401, why

@@ -31,7 +31,6 @@ from fhir_profiles.identifiers import CHINA_STANDARD_TIME
 from qilu.accounts import add_user
 from qilu.auth import Caller
 from qilu.db import connect_mongodb
-from qilu.identity import UserDirectory
 from referral import store as referral_store
 from referral import api as referral_api
 from referral import tasks as referral_tasks
@@ -529,7 +528,7 @@ async def test_an_open_feed_ends_when_its_user_is_deactivated(app, rw, settings,
         async with serving(app) as base, httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(
                 10.0, read=30.0)) as http, AsyncExitStack() as stack:
             stream = await open_stream(http, token, stack)
-            await UserDirectory(app.state.db).change(user.id, {"active": False})
+            await app.state.users.change(user.id, {"active": False})
             with pytest.raises(AssertionError, match="the stream ended"):
                 await stream.next_event(timeout=20)
             refused = await http.get("/api/referrals/events", headers={"Authorization": token})
