@@ -4,7 +4,8 @@ Creates an Organization and a practitioner there in database `qilu_bench` (dropp
 `qilu serve` on a loopback port, logs the practitioner in, then for each operation runs it over HTTP
 (httpx.AsyncClient, bearer token; the server checks the token, applies the access rules and appends one
 AuditEvent per request) and straight through motor on the same database, at concurrency 1 and 32, and prints
-throughput, p50/p99 latency and the API/direct ratio. Bounded in count and time; stops by itself.
+throughput, p50/p99 latency and the API/direct ratio, then the engine commands per request by route (from
+the server's /metrics). Bounded in count and time; stops by itself.
 
     .venv/bin/python bench/fhir_api.py [--n 400] [--phase-seconds 8] [--log-level INFO]
     .venv/bin/python bench/fhir_api.py --before COMMIT   # read and create, this checkout against COMMIT
@@ -452,6 +453,23 @@ def run_before_and_after(args: argparse.Namespace) -> None:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(worktree)], check=False)
 
 
+def print_engine_commands(metrics: str) -> None:
+    """Engine commands per request, by route, from the server's own count (pymongo command monitoring)."""
+    sums, counts = {}, {}
+    for line in metrics.splitlines():
+        for suffix, into in (("_sum{", sums), ("_count{", counts)):
+            if line.startswith("qilu_engine_commands_per_request" + suffix):
+                labels, value = line.rsplit(" ", 1)
+                into[labels.split("{", 1)[1].rstrip("}")] = float(value)
+    if not counts:
+        return
+    print("\nengine commands per request (mean over the run; the audit insert, shared between concurrent "
+          "requests, counts for the request that sent it)")
+    for labels, count in sorted(counts.items()):
+        if count:
+            print(f"  {labels:<70} {sums.get(labels, 0) / count:5.2f}  ({count:.0f} requests)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400, help="operations per (operation, path, concurrency)")
@@ -482,7 +500,9 @@ def main() -> None:
         # With one worker uvicorn serves in the process it was started as; with more, its CPU is not counted.
         runs = asyncio.run(bench(args, run.settings, run.base, organization, practitioner,
                                  proc.pid if args.workers == 1 else None))
+        metrics = httpx.get(run.base + "/metrics", timeout=10).text if args.workers == 1 else ""
     print_table(runs)
+    print_engine_commands(metrics)
     print(f"took {time.monotonic() - started:.0f} s; load average now {os.getloadavg()[0]:.1f} "
           "(the engines and this client share the machine: a busy machine inflates both columns)")
 

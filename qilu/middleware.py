@@ -8,6 +8,7 @@ import uuid
 import structlog
 from starlette.exceptions import HTTPException
 
+from qilu.db import counting_engine_commands
 from qilu.metrics import RequestMetrics
 
 log = structlog.get_logger("qilu.http")
@@ -65,14 +66,15 @@ class RequestContextMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        try:
-            await self.app(scope, receive_limited, send_with_request_id)
-        finally:
-            elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            status = status_holder["status"]
-            self.metrics.observe(scope["method"], template, status, elapsed)
-            log.info("request", method=scope["method"], route=template, status=status,
-                     ms=round(elapsed * 1000, 2))
+        with counting_engine_commands() as commands:
+            try:
+                await self.app(scope, receive_limited, send_with_request_id)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = scope.get("route")
+                template = getattr(route, "path", None) or "unmatched"
+                status = status_holder["status"]
+                self.metrics.observe(scope["method"], template, status, elapsed, commands.count)
+                log.info("request", method=scope["method"], route=template, status=status,
+                         ms=round(elapsed * 1000, 2), engine_commands=commands.count)
             structlog.contextvars.unbind_contextvars("request_id")

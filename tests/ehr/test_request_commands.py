@@ -1,0 +1,56 @@
+"""How many engine commands one request sends (pymongo's command monitoring, per request): the user check is
+answered from memory, and the access decision and the audit record add a bounded number to the work itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from sample_records import create, observation, patient
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+# Most commands each request may send, as the managing hospital's practitioner, with the user check warm:
+# the work, the access decision (the patient's Patient document, for a clinical resource) and the audit insert.
+LIMITS = {
+    "read Patient": 2,             # the document; the audit insert
+    "read Observation": 3,         # the document; its patient's, for the access decision; the audit insert
+    # its patient's (access); its patient's and their reach document (the new document's reach); the history
+    # entry; the document; the audit insert
+    "create Observation": 6,
+    "search Observation by patient and code": 3,  # the patient's (access); the page; the audit insert
+    "search Observation by code": 3,  # the hospital's revocations under way; the page; the audit insert
+}
+
+
+def _commands(app, method: str, route: str) -> float:
+    value = app.state.metrics.registry.get_sample_value("qilu_engine_commands_per_request_sum",
+                                                        {"method": method, "route": route})
+    return value or 0.0
+
+
+async def test_each_request_sends_a_bounded_number_of_engine_commands(app, world, doctor_client):
+    pid = (await create(doctor_client, patient(organization=world.home)))["id"]
+    oid = (await create(doctor_client, observation(pid, code="8867-4")))["id"]
+    await doctor_client.get(f"/fhir/Patient/{pid}")  # the user check is now warm
+
+    async def count(method: str, route: str, path: str, **kwargs) -> float:
+        before = _commands(app, method, route)
+        response = await doctor_client.request(method, path, **kwargs)
+        assert response.status_code < 300, response.text
+        return _commands(app, method, route) - before
+
+    instance, type_route = "/fhir/{resource_type}/{resource_id}", "/fhir/{resource_type}"
+    sent = {
+        "read Patient": await count("GET", instance, f"/fhir/Patient/{pid}"),
+        "read Observation": await count("GET", instance, f"/fhir/Observation/{oid}"),
+        "create Observation": await count("POST", type_route, "/fhir/Observation",
+                                          json=observation(pid), headers={"Content-Type": "application/fhir+json"}),
+        "search Observation by patient and code": await count(
+            "GET", type_route, "/fhir/Observation", params={"patient": pid, "code": "http://loinc.org|8867-4"}),
+        "search Observation by code": await count("GET", type_route, "/fhir/Observation",
+                                                  params={"code": "http://loinc.org|8867-4", "_count": "5"}),
+    }
+    print("\nengine commands per request:", sent)
+    over = {name: (n, LIMITS[name]) for name, n in sent.items() if n > LIMITS[name]}
+    assert not over, over
+    assert all(n >= 1 for n in sent.values()), sent  # the count is real: every request did some work
