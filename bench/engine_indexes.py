@@ -5,7 +5,8 @@ at start and end): patients of one hospital, each with `--per-patient` Observati
 stores them (`ehr.search.index_resource`). At each size it times, p50 of `--n` runs each: a read by `_id`
 (the baseline), the find and count the record sends for `Observation?subject=..&code=..` (with the
 compartment condition the access rules add), a patient's whole record by compartment (what `$everything`
-asks of each type) and `Patient?family=..`. Then it drops the `mk_` indexes and times the largest size again:
+asks of each type), `Patient?family=..` and the hospital's `Observation?code=..` with no patient (the
+`reach` condition a practitioner's search gets). Then it drops the `mk_` indexes and times the largest size again:
 that is the engine reading whole collections, as it did before. Prints each search as a multiple of the read
 and the largest size over the smallest. Bounded; stops by itself (about a minute at the default sizes).
 
@@ -36,10 +37,10 @@ from qilu.settings import get_settings  # noqa: E402
 CODES = ["8480-6", "8462-4", "8867-4", "2339-0", "29463-7"]
 
 
-def _document(resource: dict) -> dict:
+def _document(resource: dict, organization: str) -> dict:
     sp, so, compartment = search.index_resource(resource)
     return {"_id": resource["id"], "vid": 1, "updated": datetime.now(UTC), "deleted": False,
-            "resource": resource, "sp": sp, "so": so, "compartment": compartment}
+            "resource": resource, "sp": sp, "so": so, "compartment": compartment, "reach": [organization]}
 
 
 async def _grow(db, start: int, end: int, per_patient: int, organization: str) -> None:
@@ -48,24 +49,29 @@ async def _grow(db, start: int, end: int, per_patient: int, organization: str) -
         pid = f"p{i}"
         patients.append(_document({"resourceType": "Patient", "id": pid, "active": True,
                                    "name": [{"family": f"姓{i % 400}", "given": ["名"]}],
-                                   "managingOrganization": {"reference": organization}}))
+                                   "managingOrganization": {"reference": organization}}, organization))
         for j in range(per_patient):
             code = CODES[j % len(CODES)]
             observations.append(_document({
                 "resourceType": "Observation", "id": f"o{i}-{j}", "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
                 "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": f"2026-0{1 + j % 9}-01",
-                "valueQuantity": {"value": 100 + j, "unit": "mmHg"}}))
+                "valueQuantity": {"value": 100 + j, "unit": "mmHg"}}, organization))
     for collection, documents in (("Patient", patients), ("Observation", observations)):
         for k in range(0, len(documents), 500):
             await db[collection].insert_many(documents[k:k + 500])
 
 
-def _record_filter(resource_type: str, params: list[tuple[str, str]], patient: str | None) -> dict:
+def _record_filter(resource_type: str, params: list[tuple[str, str]], patient: str | None,
+                   organization: str | None = None) -> dict:
+    """The filter the record sends: the search's, and the access condition (a patient's compartment, or the
+    hospital among the documents' reach)."""
     plan = search.parse_search(resource_type, params)
     query = {"$and": [{**plan.filter, "deleted": False}]}
     if patient:
         query["$and"].append({"compartment": patient})
+    if organization:
+        query["$and"].append({"reach": organization})
     return query
 
 
@@ -78,10 +84,11 @@ async def _p50(n: int, operation) -> float:
     return statistics.median(times)
 
 
-async def _measure(db, size: int, n: int) -> dict[str, float]:
+async def _measure(db, size: int, n: int, organization: str) -> dict[str, float]:
     patient = f"Patient/p{size // 2}"
     by_code = _record_filter("Observation", [("subject", patient), ("code", "http://loinc.org|8867-4")], patient)
-    by_name = _record_filter("Patient", [("family", f"姓{(size // 2) % 400}")], None)
+    by_name = _record_filter("Patient", [("family", f"姓{(size // 2) % 400}")], None, organization)
+    hospital_by_code = _record_filter("Observation", [("code", "http://loinc.org|8867-4")], None, organization)
     record = {"compartment": patient, "deleted": False}
     return {
         "read by _id": await _p50(n, lambda: db["Observation"].find_one({"_id": f"o{size // 2}-0"})),
@@ -90,6 +97,9 @@ async def _measure(db, size: int, n: int) -> dict[str, float]:
             db["Observation"].count_documents(by_code))),
         "a patient's Observations": await _p50(n, lambda: db["Observation"].find(record).to_list(None)),
         "Patient?family": await _p50(n, lambda: db["Patient"].find(by_name, limit=20).to_list(20)),
+        # The hospital's first page by code, with no patient named: the reach condition (no count).
+        "Observation?code (hospital)": await _p50(n, lambda: db["Observation"].find(
+            hospital_by_code, sort=[("_id", 1)], limit=20).to_list(20)),
     }
 
 
@@ -116,12 +126,12 @@ async def main() -> None:
             loaded = time.perf_counter() - started
             grown = size
             print(f"{size} patients, {size * args.per_patient} Observations (loaded in {loaded:.1f} s)")
-            results[size] = await _measure(db, size, args.n)
+            results[size] = await _measure(db, size, args.n, organization)
         for collection in ("Patient", "Observation"):
             for index in await db[collection].list_indexes().to_list(None):
                 if index["name"].startswith("mk_"):
                     await db[collection].drop_index(index["name"])
-        unindexed = await _measure(db, sizes[-1], max(3, args.n // 10))
+        unindexed = await _measure(db, sizes[-1], max(3, args.n // 10), organization)
         first, last = results[sizes[0]], results[sizes[-1]]
         print(f"\np50 ms{'':22} | " + " | ".join(f"{s:>8} pts  x read" for s in sizes)
               + f" | {sizes[-1]}/{sizes[0]} | no mk_ at {sizes[-1]}")

@@ -21,7 +21,7 @@ from qilu.settings import Settings
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 # Bumped whenever install_ferretdb changes what it builds.
-FERRETDB_BUILD = "qilu2"
+FERRETDB_BUILD = "qilu3"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -251,6 +251,18 @@ SQLITE_EDITS = [
      "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, c.Settings.Indexes[i]); err != nil {\n"
      "\t\t\t\treturn lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\n"
      '\t\tq := fmt.Sprintf("DROP INDEX %q", c.TableName+"_"+name)\n', 1),
+    # A find (and its explain) sorted by `_id` alone gets its order from SQLite, through the `_id` index, so
+    # nothing is sorted in Go and a limit stops the reading once it has its documents (qilu_pushdown.go).
+    *((handler, "\tcase params.Sort.Len() == 1:\n\t\tif params.Sort.Keys()[0] != \"$natural\" {\n",
+       "\tcase params.Sort.Len() == 1 && params.Sort.Keys()[0] == \"_id\":\n"
+       "\t\tqp.Sort = params.Sort\n\t\tparams.Sort = must.NotFail(types.NewDocument())\n"
+       "\tcase params.Sort.Len() == 1:\n\t\tif params.Sort.Keys()[0] != \"$natural\" {\n", 1)
+      for handler in ("internal/handler/msg_find.go", "internal/handler/msg_explain.go")),
+    ("internal/backends/collection.go", '\t\tsortValue := params.Sort.Map()["$natural"].(int64)\n',
+     '\t\tsortValue := params.Sort.Map()[params.Sort.Keys()[0]].(int64) // $natural, or Qilu\'s _id\n', 2),
+    ("internal/backends/sqlite/query.go", "\tif sort.Len() != 1 {\n\t\treturn \"\"\n\t}\n\n",
+     "\tif sort.Len() != 1 {\n\t\treturn \"\"\n\t}\n\n"
+     "\tif direction, err := sort.Get(\"_id\"); err == nil {\n\t\treturn qiluOrderByID(direction)\n\t}\n\n", 1),
     ("internal/backends/sqlite/metadata/registry.go", '\tq = fmt.Sprintf("DROP TABLE %q", c.TableName)\n',
      "\tfor _, index := range c.Settings.Indexes {\n\t\tif IsMultikey(index) {\n"
      "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, index); err != nil {\n"

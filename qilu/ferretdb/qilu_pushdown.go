@@ -393,3 +393,25 @@ func successor(prefix string) any {
 
 	return nil
 }
+
+// qiluOrderByID is the ORDER BY of a find sorted by `_id` alone, through the `_id` index. SQLite orders the
+// JSON text of `_id`, which is the order MongoDB gives when every `_id` of the collection is a string (every
+// collection of Qilu's) or every one an ObjectId; numbers would be ordered as text.
+func qiluOrderByID(direction any) string {
+	descending := false
+
+	switch d := direction.(type) {
+	case int64:
+		descending = d < 0
+	case int32:
+		descending = d < 0
+	case float64:
+		descending = d < 0
+	}
+
+	if descending {
+		return fmt.Sprintf(" ORDER BY %s DESC", metadata.IDColumn)
+	}
+
+	return fmt.Sprintf(" ORDER BY %s", metadata.IDColumn)
+}

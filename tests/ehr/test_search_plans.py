@@ -187,3 +187,25 @@ async def test_the_records_searches_read_no_whole_collection(engine):
     assert reached
     plan = await _plan(db, "Observation", reached[0])
     assert any("mk_reach_code" in step for step in plan["queryPlanner"]["Plan"]), plan["queryPlanner"]["Plan"]
+
+
+async def test_a_find_sorted_by_id_is_ordered_by_the_engine_and_stops_at_its_limit(engine):
+    """Sorted by `_id` alone, the embedded engine takes the order from SQLite (no sort in Go, no temporary
+    B-tree), so a first page reads its page and not every match; the order is the one every match sorted gives."""
+    db, _, is_ferretdb = engine
+    collection = db[f"sorted_{uuid.uuid4().hex[:6]}"]
+    await collection.create_index([("reach", ASCENDING), ("code", ASCENDING)], name="mk_reach_code")
+    await collection.insert_many([{"_id": f"{i:04d}-{uuid.uuid4().hex[:6]}", "reach": ["A" if i % 2 else "B"],
+                                   "code": ["x" if i % 3 else "y"], "deleted": i % 7 == 0} for i in range(600)])
+    query = {"$and": [{"code": "x", "deleted": False}, {"reach": "A"}]}
+    every = sorted([d["_id"] async for d in collection.find(query)])
+    assert len(every) > 100
+    for direction in (1, -1):
+        page = [d["_id"] async for d in collection.find(query, sort=[("_id", direction)], skip=3, limit=20)]
+        assert page == (every if direction == 1 else every[::-1])[3:23]
+        if is_ferretdb:
+            plan = await db.command("explain", {"find": collection.name, "filter": query, "sort": {"_id": direction},
+                                                "limit": 20})
+            assert plan["sortPushdown"] is True
+            assert not [step for step in plan["queryPlanner"]["Plan"] if "TEMP B-TREE" in step], plan
+            assert not _scans(plan), plan
