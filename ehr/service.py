@@ -32,6 +32,8 @@ MAX_REVINCLUDE = 1000
 MAX_BUNDLE_ENTRIES = 1000
 # A version or identifier claim whose write has not finished this long after was left by a writer that died.
 ABANDONED_WRITE_AFTER = timedelta(seconds=30)
+# A search's total is counted up to this many matches; past it the Bundle has none unless _total=accurate.
+COUNTED = 1000
 
 
 def now_utc() -> datetime:
@@ -173,6 +175,7 @@ class RecordService:
         self.base_url = base_url.rstrip("/")
         self.reach = reach
         self.sharing = Sharing(store)
+        self.counted = COUNTED
         # What this request touched, for its one AuditEvent: resource references and the patients concerned.
         self.touched: list[str] = []
         self.touched_patients: set[str] = set()
@@ -620,8 +623,13 @@ class RecordService:
             total = None
         elif plan.count > 0 and not more and (matched or plan.offset == 0):
             total = plan.offset + len(matched)  # this page holds the last match: counting would say the same
-        else:
+        elif plan.total == "accurate":
             total = await self.store.count(resource_type, query)
+        else:
+            # Counting every match of a broad search costs as much as reading them all: up to `counted`, and
+            # past that no total (a paged searchset may leave it out; `_total=accurate` asks for it).
+            counted = await self.store.count(resource_type, query, limit=self.counted + 1)
+            total = counted if counted <= self.counted else None
         included = await self._included(resource_type, matched, plan)
         for doc in matched:
             self._touch(resource_type, doc)

@@ -158,7 +158,10 @@ class RecordStore:
         async for document in self.db[resource_type].find(query, sort=[("_id", 1)], batch_size=batch_size):
             yield document
 
-    async def count(self, resource_type: str, query: dict[str, Any]) -> int:
+    async def count(self, resource_type: str, query: dict[str, Any], limit: int | None = None) -> int:
+        """How many documents match; with `limit`, counting stops there."""
+        if limit is not None:
+            return await self.db[resource_type].count_documents(query, limit=limit)
         return await self.db[resource_type].count_documents(query)
 
     async def ids_matching(self, resource_type: str, query: dict[str, Any]) -> set[str]:
