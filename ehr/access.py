@@ -339,6 +339,7 @@ class Reach:
         self.store = store
         self.sharing = Sharing(store)
         self._registered: set[str] = set()  # patients this request registers (new ids) at the caller's hospital
+        self.patients_read: dict[str, dict[str, Any]] = {}  # Patient documents the checks read, by id
 
     @property
     def is_system(self) -> bool:
@@ -374,6 +375,7 @@ class Reach:
             return set()
         # Tombstones count too, so a deleted patient of this hospital reads as deleted (410), not unknown.
         documents = await self.store.find_by_ids("Patient", sorted(patient_ids), include_deleted=True)
+        self.patients_read.update((d["_id"], d) for d in documents)
         return self._managed_in(documents) | ((patient_ids - {d["_id"] for d in documents}) & self._registered)
 
     def _managed_in(self, documents: list[dict[str, Any]]) -> set[str]:

@@ -67,13 +67,11 @@ class Reindex:
         if resource_type in REACHED_TYPES:
             compartments = [fields.get("compartment", document.get("compartment") or [])
                             for fields, document in zip(derived, documents, strict=True)]
-            if resource_type == "Patient" and not history:
-                # A Patient's hospital is the one its current version names (reach_of reads the stored sp).
-                reaches = [await self.sharing.reach_of_document("Patient", {**document, **fields, "deleted": False},
-                                                                document)
-                           for document, fields in zip(documents, derived, strict=True)]
-            else:
-                reaches = await self.sharing.reaches_for(compartments)
+            # A Patient's hospital is the one its fields derived now name, not the stored ones.
+            patients = ({document["_id"]: {**document, **fields} for document, fields in zip(documents, derived,
+                                                                                            strict=True)}
+                        if resource_type == "Patient" and not history else None)
+            reaches = await self.sharing.reaches_for(compartments, patients)
             for fields, reach in zip(derived, reaches, strict=True):
                 fields["reach"] = reach
         return [(document["_id"], document["vid"], fields)

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -16,7 +16,7 @@ from ehr.access import Reach, enforce
 from ehr.models import RESOURCE_TYPES, READ_ONLY_TYPES, RecordError, ResourceIssue, is_supported_type, \
     validate_resource
 from ehr.sharing import Sharing
-from ehr.store import REACHED_TYPES, RecordStore
+from ehr.store import ABANDONED_WRITE_AFTER, REACHED_TYPES, RecordStore
 from fhir_profiles.identifiers import EHEALTH_CARD_SYSTEM, NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, \
     USCC_SYSTEM
 
@@ -30,8 +30,6 @@ UNIQUE_IDENTIFIER_SYSTEMS: dict[str, frozenset[str]] = {
 }
 MAX_REVINCLUDE = 1000
 MAX_BUNDLE_ENTRIES = 1000
-# A version or identifier claim whose write has not finished this long after was left by a writer that died.
-ABANDONED_WRITE_AFTER = timedelta(seconds=30)
 # A search's total is counted up to this many matches; past it the Bundle has none unless _total=accurate.
 COUNTED = 1000
 
@@ -226,10 +224,12 @@ class RecordService:
                         "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
         owner = f"{resource_type}/{resource_id}"
         document = self._document(resource_type, resource_id, vid, updated, resource, previous)
-        if resource_type in REACHED_TYPES:
-            document["reach"] = await self.sharing.reach_of_document(resource_type, document, previous)
         if self.reach is not None:
             await self.reach.check_write(resource_type, resource, previous, document["compartment"], transfer=transfer)
+        if resource_type in REACHED_TYPES:
+            # The access check has read the patients' documents already: the reach takes them from it.
+            document["reach"] = await self.sharing.reach_of_document(
+                resource_type, document, previous, self.reach.patients_read if self.reach is not None else None)
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
         keys = sorted(new_keys - old_keys)

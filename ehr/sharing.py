@@ -18,14 +18,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ehr.store import REACHED_TYPES, RecordStore
+from ehr.store import ABANDONED_WRITE_AFTER, REACHED_TYPES, RecordStore
 
 BATCH = 500
 INLINE_BATCHES = 4  # what the request that changes a reach writes itself; the worker does the rest
 # Clinical types that may belong to no patient (a meeting of practitioners): what every practitioner reaches.
 EVERY_PRACTITIONER = "*"
-# A write that began before a change and ends after it has taken at most this long (its write is then abandoned).
-SETTLE_AFTER = timedelta(seconds=30)
 # The order in which a patient's documents are brought to a new reach: the Patient first, the history last.
 STEPS: tuple[tuple[str, bool], ...] = tuple(
     (resource_type, history) for history in (False, True)
@@ -41,8 +39,8 @@ def consent_allows(consent: dict[str, Any], patient_ref: str, organization: str,
     provision = consent.get("provision") or {}
     if provision.get("type") == "deny":
         return False
-    period = provision.get("period") or {}
-    if period.get("end") and period["end"] < now.date().isoformat():
+    ends = _consent_ends(consent)
+    if ends is not None and ends <= now:
         return False
     actors = [(a.get("reference") or {}).get("reference") for a in provision.get("actor") or []]
     # No actor named: the patient agreed to sharing with whichever hospital the referral goes to.
@@ -92,28 +90,33 @@ class Sharing:
         return {doc["_id"] for doc in await self.store.patient_reaches(sorted(patient_ids))
                 if organization in live_shares(doc, now)}
 
-    async def reach_of(self, patient_ids: set[str]) -> dict[str, set[str]]:
-        """The hospitals each patient's records reach now: the managing one and the live shares."""
+    async def reach_of(self, patient_ids: set[str],
+                       patients_read: dict[str, dict[str, Any]] | None = None) -> dict[str, set[str]]:
+        """The hospitals each patient's records reach now: the managing one and the live shares.
+        `patients_read`: Patient documents by id that the caller has read already (not read again)."""
         ids = sorted(patient_ids)
-        patients, reaches = await asyncio.gather(self.store.find_by_ids("Patient", ids, include_deleted=True),
-                                                 self.store.patient_reaches(ids))
+        known = [patients_read[pid] for pid in ids if patients_read and pid in patients_read]
+        missing = sorted(set(ids) - {doc["_id"] for doc in known})
+        fetched, reaches = await asyncio.gather(self.store.find_by_ids("Patient", missing, include_deleted=True),
+                                                self.store.patient_reaches(ids))
         now = self.clock()
         out: dict[str, set[str]] = {pid: set() for pid in ids}
-        for patient in patients:
+        for patient in [*known, *fetched]:
             out[patient["_id"]] |= _managing(patient)
         for reach in reaches:
             out[reach["_id"]] |= live_shares(reach, now)
         return out
 
-    async def reaches_for(self, compartments: list[list[str]]) -> list[list[str]]:
+    async def reaches_for(self, compartments: list[list[str]],
+                          patients_read: dict[str, dict[str, Any]] | None = None) -> list[list[str]]:
         """`reach` for documents of these compartments, with one look-up for all (a batch)."""
         patients = {member.removeprefix("Patient/") for compartment in compartments for member in compartment}
-        reach = await self.reach_of(patients) if patients else {}
+        reach = await self.reach_of(patients, patients_read) if patients else {}
         return [sorted(set().union(*(reach[m.removeprefix("Patient/")] for m in compartment)))
                 if compartment else [EVERY_PRACTITIONER] for compartment in compartments]
 
-    async def reach_of_document(self, resource_type: str, document: dict[str, Any],
-                                previous: dict[str, Any] | None) -> list[str]:
+    async def reach_of_document(self, resource_type: str, document: dict[str, Any], previous: dict[str, Any] | None,
+                                patients_read: dict[str, dict[str, Any]] | None = None) -> list[str]:
         """`reach` of a document about to be written (its sp and compartment made)."""
         if document["deleted"]:
             return list((previous or {}).get("reach") or [])
@@ -122,7 +125,7 @@ class Sharing:
             reaches = await self.store.patient_reaches([document["_id"]])
             shares = live_shares(reaches[0], self.clock()) if reaches else set()
             return sorted(_managing(document) | shares)
-        return (await self.reaches_for([document["compartment"]]))[0]
+        return (await self.reaches_for([document["compartment"]], patients_read))[0]
 
     # --- changing -------------------------------------------------------------------------------
 
@@ -212,7 +215,8 @@ class Sharing:
                 return await self.spread(patient_id, None if budget is None else max(0, budget - read) // self.batch)
         if not await self.store.finish_patient_reach(patient_id, gen):
             return await self.spread(patient_id, None if budget is None else max(0, budget - read) // self.batch)
-        await self.store.settle_revoking(patient_id, self.clock() + SETTLE_AFTER)
+        # A write that began before the change and ends after it has taken at most this long (else it was abandoned).
+        await self.store.settle_revoking(patient_id, self.clock() + ABANDONED_WRITE_AFTER)
         return True
 
     # --- the worker's sweep ---------------------------------------------------------------------
@@ -222,8 +226,8 @@ class Sharing:
         revocations that have reached every resource."""
         now = self.clock()
         done = {"spread": 0, "expired": 0, "settled": 0}
-        for patient_id in await self.store.patients_with_reach({"expires": {"$ne": None, "$lte": now.isoformat(timespec="milliseconds")}},
-                                                               limit):
+        expired = {"expires": {"$ne": None, "$lte": now.isoformat(timespec="milliseconds")}}
+        for patient_id in await self.store.patients_with_reach(expired, limit):
             await self.refresh(patient_id, inline_batches=0)
             done["expired"] += 1
         for patient_id in await self.store.patients_with_reach({"pending": True}, limit):
@@ -231,10 +235,16 @@ class Sharing:
             done["spread"] += 1
         for marker in await self.store.revocations_to_settle(now, limit):
             patient_ref = f"Patient/{marker['patient']}"
-            if any([await self.store.still_reaching(t, h, patient_ref, marker["org"]) for t, h in STEPS]):
+            if await self._still_reaching(patient_ref, marker["org"]):
                 # A write that began before the revocation put the hospital back: write the reach again.
                 await self.refresh(marker["patient"], formerly={marker["org"]}, inline_batches=0)
                 continue
             await self.store.remove_revoking(marker["_id"])
             done["settled"] += 1
         return done
+
+    async def _still_reaching(self, patient_ref: str, organization: str) -> bool:
+        for resource_type, history in STEPS:
+            if await self.store.still_reaching(resource_type, history, patient_ref, organization):
+                return True
+        return False

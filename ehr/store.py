@@ -7,7 +7,7 @@ so the same code runs on MongoDB and on FerretDB.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -27,6 +27,9 @@ REACH_GRANTS = "reach_grants"
 REACH_REVOKING = "reach_revoking"
 REINDEX_STATE = "reindex_state"  # where a `qilu reindex` stopped, per collection
 
+
+# A version or identifier claim whose write has not finished this long after was left by a writer that died.
+ABANDONED_WRITE_AFTER = timedelta(seconds=30)
 
 # The types whose documents carry `reach`: a patient's own and the types of patients' records. AuditEvents
 # are left out: they are the administrators' trail (a role decides who reads them), and append-only.
@@ -163,10 +166,6 @@ class RecordStore:
         if limit is not None:
             return await self.db[resource_type].count_documents(query, limit=limit)
         return await self.db[resource_type].count_documents(query)
-
-    async def ids_matching(self, resource_type: str, query: dict[str, Any]) -> set[str]:
-        cursor = self.db[resource_type].find(query, projection={"_id": 1})
-        return {doc["_id"] async for doc in cursor}
 
     async def insert_audit_events(self, documents: list[dict[str, Any]]) -> list[BaseException | None]:
         """AuditEvents are append-only, version 1 forever, no history entry. One unordered insert; returns

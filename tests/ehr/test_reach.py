@@ -13,8 +13,8 @@ import pytest
 from ehr.access import Reach
 from ehr.models import RecordError
 from ehr.service import RecordService
-from ehr.sharing import SETTLE_AFTER, STEPS, Sharing
-from ehr.store import HISTORY, RecordStore
+from ehr.sharing import STEPS, Sharing
+from ehr.store import ABANDONED_WRITE_AFTER, HISTORY, RecordStore
 from qilu.auth import Caller
 from sample_records import consent, observation, organization, patient
 
@@ -135,7 +135,7 @@ async def test_a_revocation_refuses_at_once_while_the_record_is_still_being_writ
     done = await worker.sweep()
     assert done["spread"] >= 1 and await ward.reaching(pid, ward.other) == 0
     assert f"{pid}" in await ward.store.revoking_for(ward.other)  # not yet settled
-    later = Sharing(ward.store, clock=lambda: now + SETTLE_AFTER + timedelta(seconds=1))
+    later = Sharing(ward.store, clock=lambda: now + ABANDONED_WRITE_AFTER + timedelta(seconds=1))
     assert (await later.sweep())["settled"] >= 1
     assert pid not in await ward.store.revoking_for(ward.other)
     assert await ward.searched(ward.other, "Observation", [("code", code)]) == set()

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 LIMITS = {
     "read Patient": 2,             # the document; the audit insert
     "read Observation": 3,         # the document; its patient's, for the access decision; the audit insert
-    # its patient's (access); its patient's and their reach document (the new document's reach); the history
-    # entry; the document; the audit insert
-    "create Observation": 6,
+    # its patient's (access, and the new document's reach from it); their reach document; the history entry;
+    # the document; the audit insert
+    "create Observation": 5,
     "search Observation by patient and code": 3,  # the patient's (access); the page; the audit insert
     # the hospital's revocations under way; the page; its total, counted up to a bound; the audit insert
     "search Observation by code": 4,
