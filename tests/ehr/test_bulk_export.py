@@ -24,7 +24,8 @@ from logins import login
 from qilu.accounts import add_user
 from qilu.auth import Caller
 from qilu.identity import User, UserDirectory
-from sample_records import PASSWORD, assert_outcome, condition, new_national_id, observation, organization, patient
+from sample_records import PASSWORD, assert_outcome, condition, new_national_id, observation, organization, patient, \
+    share_record
 
 BASE = "http://testserver/fhir"
 ASYNC = {"Prefer": "respond-async"}
@@ -102,6 +103,32 @@ async def lines_of(client: httpx.AsyncClient, manifest: dict, resource_type: str
     assert len(resources) == item["count"]
     assert {r["resourceType"] for r in resources} == {resource_type}
     return resources
+
+
+async def test_a_hospital_a_patient_is_shared_with_exports_them_until_the_consent_is_revoked(app, celery_worker):
+    """The export streams through the same reach as a search: the shared patient's record is in the other
+    hospital's export while the Consent holds, and out of it once the Consent is revoked."""
+    records = RecordService(RecordStore(app.state.db), BASE)
+    home = "Organization/" + (await records.create("Organization", organization()))[0].resource_id
+    shared_with = "Organization/" + (await records.create("Organization", organization()))[0].resource_id
+    specialist = await add_user(app.state.db, BASE, role="practitioner", login=f"EXS{uuid.uuid4().hex[:8]}",
+                                password=PASSWORD, name="共享专家", organization=shared_with)
+    pid = (await records.create("Patient", patient(organization=home)))[0].resource_id
+    await records.create("Observation", observation(pid))
+    consent = await share_record(records, pid, shared_with)
+    other = await login(app, specialist)
+    try:
+        manifest = await finished(other, await kick_off(other, "?_type=Patient,Observation"))
+        assert {r["id"] for r in await lines_of(other, manifest, "Patient")} == {pid}
+        assert {r["subject"]["reference"] for r in await lines_of(other, manifest, "Observation")} == {
+            f"Patient/{pid}"}
+        consent_id = consent.removeprefix("Consent/")
+        current = (await records.read("Consent", consent_id))["resource"]
+        await records.update("Consent", consent_id, {**current, "status": "inactive"})
+        manifest = await finished(other, await kick_off(other, "?_type=Patient,Observation"))
+        assert manifest["output"] == []
+    finally:
+        await other.aclose()
 
 
 async def test_a_doctor_exports_exactly_their_hospitals_patients_as_ndjson(app, ew, celery_worker):
