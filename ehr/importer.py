@@ -1,4 +1,7 @@
-"""Bulk import of FHIR JSON (a resource or a Bundle) and NDJSON files into the record, under the API's rules."""
+"""Bulk import of FHIR JSON (a resource or a Bundle) and NDJSON files into the record, under the API's rules.
+
+Resources go through the record's bulk path (ehr/bulk.py) in batches; batch and transaction Bundles go whole
+to the service, as POST /fhir would send them."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pymongo.errors import ConnectionFailure
 
+from ehr.bulk import BATCH, BulkItem, BulkWriter
 from ehr.models import RecordError
 from ehr.service import MAX_BUNDLE_ENTRIES, RecordService
 
@@ -23,8 +27,8 @@ log = structlog.get_logger(__name__)
 
 NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 JSON_SUFFIXES = (".json",)
-# Writes in flight at once: enough to hide the round trips, few enough not to swamp FerretDB.
-DEFAULT_CONCURRENCY = 8
+# Batches in flight at once: one is checked while the engine stores the other.
+DEFAULT_CONCURRENCY = 2
 # The report keeps the first errors whole; the rest are only counted.
 MAX_ERRORS_KEPT = 20
 
@@ -88,11 +92,12 @@ def expand_paths(paths: Iterable[Path | str]) -> Iterator[Path]:
 
 
 class ResourceImporter:
-    """Writes resources through a RecordService: an id means PUT (create or update), none means POST."""
+    """Writes resources through the record's bulk path: an id means create or update, none means create."""
 
     def __init__(self, service: RecordService, *, concurrency: int = DEFAULT_CONCURRENCY,
                  progress: Progress | None = None):
         self.service = service
+        self.writer = BulkWriter(service)
         self.concurrency = max(1, concurrency)
         self.progress = progress or (lambda path, done, total: None)
         self.report = ImportReport()
@@ -116,64 +121,56 @@ class ResourceImporter:
         else:
             await self._import_json(path)
 
-    # --- one resource ---------------------------------------------------------------------------
+    # --- batches of resources -------------------------------------------------------------------
 
-    async def _write(self, resource: Any) -> None:
-        """Create or update one resource; raises RecordError when the record refuses it."""
-        if not isinstance(resource, dict):
-            raise RecordError.single(400, "structure", "expected a JSON object (a FHIR resource)")
-        resource_type = resource.get("resourceType")
-        if not isinstance(resource_type, str) or not resource_type:
-            raise RecordError.single(400, "required", "resourceType is missing", "resourceType")
-        resource_id = resource.get("id")
-        if resource_id is None:
-            await self.service.create(resource_type, resource)
-            self.report.created += 1
-            return
-        if not isinstance(resource_id, str):
-            raise RecordError.single(400, "value", "id must be a string", f"{resource_type}.id")
-        written = await self.service.update(resource_type, resource_id, resource)
-        if written.created:
-            self.report.created += 1
-        else:
-            self.report.updated += 1
+    async def _write_batch(self, batch: list[tuple[str, Any]]) -> None:
+        readable = [(where, resource) for where, resource in batch if not isinstance(resource, _Unreadable)]
+        results = iter(await self.writer.write([BulkItem(where, resource) for where, resource in readable]))
+        for where, resource in batch:  # reported in the file's order
+            if isinstance(resource, _Unreadable):
+                self.report.fail(where, resource.message)
+                continue
+            result = next(results)
+            if result.error is not None:
+                self.report.fail(result.where, describe_error(result.error))
+            elif result.written is not None and result.written.created:
+                self.report.created += 1
+            else:
+                self.report.updated += 1
 
-    async def _write_reporting(self, where: str, resource: Any) -> None:
-        try:
-            await self._write(resource)
-        except RecordError as exc:
-            self.report.fail(where, describe_error(exc))
-        except ConnectionFailure:
-            raise  # the database is gone: every further line would fail the same way
-        except Exception as exc:  # noqa: BLE001 - one bad resource must not stop the import
-            # The message goes to the operator's report; the log gets the type only (it may quote data).
-            log.error("import: unexpected error", where=where, error=type(exc).__name__)
-            self.report.fail(where, f"internal error {type(exc).__name__}: {str(exc)[:200]}")
-
-    async def _write_all(self, path: Path, items: Iterable[tuple[str, Any]],
-                         total: int) -> None:
-        """Write (where, resource-or-error) items with a bounded number in flight, reporting progress."""
-        queue: asyncio.Queue[tuple[str, Any] | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+    async def _write_all(self, path: Path, items: Iterable[tuple[str, Any]], total: int) -> None:
+        """Write (where, resource-or-error) items in batches, `concurrency` of them at once, reporting progress."""
         done = 0
+        in_flight = asyncio.Semaphore(self.concurrency)
 
-        async def worker() -> None:
+        async def write(batch: list[tuple[str, Any]]) -> None:
             nonlocal done
-            while (item := await queue.get()) is not None:
-                where, resource = item
-                if isinstance(resource, _Unreadable):
-                    self.report.fail(where, resource.message)
-                else:
-                    await self._write_reporting(where, resource)
-                done += 1
-                self.progress(str(path), done, total)
+            try:
+                await self._write_batch(batch)
+            except ConnectionFailure:
+                raise  # the database is gone: every further batch would fail the same way
+            except Exception as exc:  # noqa: BLE001 - one bad batch must not stop the import
+                # The message goes to the operator's report; the log gets the type only (it may quote data).
+                log.error("import: unexpected error", where=batch[0][0], error=type(exc).__name__)
+                for where, _ in batch:
+                    self.report.fail(where, f"internal error {type(exc).__name__}: {str(exc)[:200]}")
+            finally:
+                in_flight.release()
+            done += len(batch)
+            self.progress(str(path), done, total)
 
-        # A TaskGroup: when a worker fails (the database went away) the others and the feeding stop too.
+        # A TaskGroup: when a batch fails (the database went away) the others and the reading stop too.
         async with asyncio.TaskGroup() as group:
-            workers = [group.create_task(worker()) for _ in range(self.concurrency)]
+            batch: list[tuple[str, Any]] = []
             for item in items:
-                await queue.put(item)
-            for _ in workers:
-                await queue.put(None)
+                batch.append(item)
+                if len(batch) == BATCH:
+                    await in_flight.acquire()
+                    group.create_task(write(batch))
+                    batch = []
+            if batch:
+                await in_flight.acquire()
+                group.create_task(write(batch))
 
     # --- NDJSON ---------------------------------------------------------------------------------
 
@@ -227,8 +224,7 @@ class ResourceImporter:
                 await self._import_entries(path, entries)
             return
         self.progress(str(path), 0, 1)
-        await self._write_reporting(str(path), body)
-        self.progress(str(path), 1, 1)
+        await self._write_all(path, [(str(path), body)], 1)
 
     async def _import_entries(self, path: Path, entries: list[Any]) -> None:
         """A collection, searchset, document or history Bundle: its resources one by one."""

@@ -109,6 +109,18 @@ class Written:
         return f"{self.resource_type}/{self.resource_id}/_history/{self.vid}"
 
 
+def identifier_taken(resource_type: str, key: str) -> RecordError:
+    """The refusal of a write whose unique identifier (`key`) another resource holds."""
+    system = key.split("|")[1]
+    return _issue(409, "duplicate", f"Another {resource_type} already holds this identifier (system {system})",
+                  f"{resource_type}.identifier")
+
+
+def changed_meanwhile(owner: str) -> RecordError:
+    """The refusal of a write that lost a race for the version it was writing."""
+    return _issue(409, "conflict", f"{owner} was changed by someone else at the same moment; read it again and retry")
+
+
 def _issue(status: int, code: str, text: str, expression: str | None = None) -> RecordError:
     return RecordError.single(status, code, text, expression)
 
@@ -121,14 +133,14 @@ def _as_bad_parameter():
         raise _issue(400, "value", str(exc)) from None
 
 
-def _require_type(resource_type: str, *, writing: bool = False) -> None:
+def require_type(resource_type: str, *, writing: bool = False) -> None:
     if not is_supported_type(resource_type):
         raise _issue(404, "not-supported", f"Resource type '{resource_type}' is not supported here")
     if writing and resource_type in READ_ONLY_TYPES:
         raise _issue(405, "not-supported", f"{resource_type} is written by the server only and cannot be changed")
 
 
-def _check_id(resource_id: str) -> None:
+def check_id(resource_id: str) -> None:
     if not search.is_valid_id(resource_id):
         raise _issue(400, "value", "A resource id is 1-64 characters of A-Z a-z 0-9 - and .", "id")
 
@@ -196,7 +208,7 @@ class RecordService:
 
     # --- the single write path ------------------------------------------------------------------
 
-    def _document(self, resource_type: str, resource_id: str, vid: int, updated: datetime,
+    def document_for(self, resource_type: str, resource_id: str, vid: int, updated: datetime,
                   resource: dict[str, Any] | None, previous: dict[str, Any] | None = None) -> dict[str, Any]:
         if resource is None:
             # A tombstone keeps what it was indexed by (searches skip it by `deleted`), so the access
@@ -216,14 +228,14 @@ class RecordService:
         `transfer`: the $transfer act, the one write that may change a Patient's managingOrganization."""
         vid = previous["vid"] + 1 if previous else 1
         if resource is not None:
-            await self._resolve_patient_identifiers(resource)
+            await self.resolve_patient_identifiers(resource)
         updated = now_utc()
         if resource is not None:
             meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
             resource = {**resource, "id": resource_id,
                         "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
         owner = f"{resource_type}/{resource_id}"
-        document = self._document(resource_type, resource_id, vid, updated, resource, previous)
+        document = self.document_for(resource_type, resource_id, vid, updated, resource, previous)
         if self.reach is not None:
             await self.reach.check_write(resource_type, resource, previous, document["compartment"], transfer=transfer)
         if resource_type in REACHED_TYPES:
@@ -234,8 +246,7 @@ class RecordService:
         new_keys = unique_identifier_keys(resource)
         keys = sorted(new_keys - old_keys)
         claimed: list[str] = []
-        conflict = _issue(409, "conflict", f"{owner} was changed by someone else at the same moment; "
-                                           "read it again and retry")
+        conflict = changed_meanwhile(owner)
         version_claimed = document_written = False
         write_id = uuid.uuid4().hex
         # The document can go with its claims when its id is this request's own (nobody to lock out) and it
@@ -259,15 +270,10 @@ class RecordService:
             if failures:
                 raise failures[0]
             for key, holder in zip(keys, holders, strict=True):
-                if holder == owner:  # another write of this same resource is taking the identifier right now
-                    raise conflict
-                if holder is not None:
-                    system = key.split("|")[1]
-                    raise _issue(409, "duplicate",
-                                 f"Another {resource_type} already holds this identifier (system {system})",
-                                 f"{resource_type}.identifier")
+                if holder is not None:  # held by this same resource: another write of it is taking the key now
+                    raise conflict if holder == owner else identifier_taken(resource_type, key)
             if not version_claimed:
-                await self._finish_abandoned_write(resource_type, resource_id, vid)
+                await self.finish_abandoned_write(resource_type, resource_id, vid)
                 raise conflict
             if fresh_id:
                 ok = document_written
@@ -294,7 +300,7 @@ class RecordService:
             self.touched_patients.update(previous.get("compartment") or [])
         if self.reach is not None and resource_type == "Patient" and resource is not None and written_new:
             self.reach.count_as_managed(resource_id, resource)  # later entries of a batch may be about it
-        await self._follow_reach(resource_type, document, previous)
+        await self.follow_reach(resource_type, document, previous)
         return Written(resource_type, resource_id, vid, updated, resource, previous is None or previous["deleted"],
                        previous, claimed, released)
 
@@ -304,7 +310,7 @@ class RecordService:
         nothing); the patient's reach follows at once."""
         await self.sharing.grant(source, patient_ref, organization, consent_ref, start, until)
 
-    async def _follow_reach(self, resource_type: str, document: dict[str, Any],
+    async def follow_reach(self, resource_type: str, document: dict[str, Any],
                             previous: dict[str, Any] | None) -> None:
         """A Consent decides which shares hold, and a Patient's hospital is in every one of their resources'
         reach: a write of either works the patient's reach out again (a revocation is in force at once)."""
@@ -317,7 +323,7 @@ class RecordService:
             if before != set(document["sp"].get("organization") or []):
                 await self.sharing.refresh(document["_id"], formerly=before)
 
-    async def _resolve_patient_identifiers(self, resource: dict[str, Any]) -> None:
+    async def resolve_patient_identifiers(self, resource: dict[str, Any]) -> None:
         """A compartment reference that names a Patient by identifier only becomes a reference to that Patient,
         so the resource is filed in the patient's record and judged by its rules. No match, or a patient the
         caller may not write, is one and the same 422: the answer does not tell whether the patient exists."""
@@ -350,7 +356,7 @@ class RecordService:
                                         limit=2)
         return matches[0]["_id"] if len(matches) == 1 else None
 
-    async def _finish_abandoned_write(self, resource_type: str, resource_id: str, vid: int) -> None:
+    async def finish_abandoned_write(self, resource_type: str, resource_id: str, vid: int) -> None:
         """Roll the current version forward to history entry `vid` when its writer stopped between its two
         steps (the entry is old and the current document never reached it), so the record is not stuck.
         Every caller builds the same document from the same entry, so racing callers agree."""
@@ -360,7 +366,7 @@ class RecordService:
             return
         if now_utc() - entry["updated"] < ABANDONED_WRITE_AFTER:
             return  # most likely a writer still between its two steps
-        document = self._document(resource_type, resource_id, vid, entry["updated"], entry["resource"],
+        document = self.document_for(resource_type, resource_id, vid, entry["updated"], entry["resource"],
                                   current or {"compartment": entry.get("compartment", [])})
         if resource_type in REACHED_TYPES:
             document["reach"] = entry.get("reach") or []
@@ -395,7 +401,7 @@ class RecordService:
     async def create(self, resource_type: str, body: Any, *, if_none_exist: str | None = None,
                      resource_id: str | None = None) -> tuple[Written | None, dict[str, Any] | None]:
         """Returns (written, None) for a new resource, or (None, existing) when If-None-Exist matched one."""
-        _require_type(resource_type, writing=True)
+        require_type(resource_type, writing=True)
         resource = validate_resource(body, expected_type=resource_type)
         if if_none_exist:
             matches = await self._conditional_matches(resource_type, if_none_exist)
@@ -418,10 +424,10 @@ class RecordService:
         return await self.store.find(resource_type, query, sort=[("_id", 1)], limit=2)
 
     async def _current(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        _require_type(resource_type)
+        require_type(resource_type)
         if self.reach is not None:
             self.reach.check_type(resource_type)  # what the role alone decides, before anything is looked up
-        _check_id(resource_id)
+        check_id(resource_id)
         document = await self.store.get(resource_type, resource_id)
         if document is None:
             raise _issue(404, "not-found", f"{resource_type}/{resource_id} is not known")
@@ -438,8 +444,8 @@ class RecordService:
         return document
 
     async def vread(self, resource_type: str, resource_id: str, vid: str) -> dict[str, Any]:
-        _require_type(resource_type)
-        _check_id(resource_id)
+        require_type(resource_type)
+        check_id(resource_id)
         if not vid.isdigit():
             raise _issue(400, "value", "A version id is a whole number")
         await self._current(resource_type, resource_id)
@@ -454,10 +460,10 @@ class RecordService:
 
     async def update(self, resource_type: str, resource_id: str, body: Any, *,
                      if_match: str | None = None) -> Written:
-        _require_type(resource_type, writing=True)
+        require_type(resource_type, writing=True)
         if self.reach is not None:
             self.reach.check_may_write(resource_type)  # before any lookup that could tell the record exists
-        _check_id(resource_id)
+        check_id(resource_id)
         resource = validate_resource(body, expected_type=resource_type)
         if resource.get("id") != resource_id:
             raise _issue(400, "invalid", f"The resource's id ({resource.get('id')!r}) must equal the id in the URL "
@@ -485,7 +491,7 @@ class RecordService:
 
     async def delete(self, resource_type: str, resource_id: str) -> Written | None:
         """Soft delete: a history entry, then 410 on read. None when it was already deleted."""
-        _require_type(resource_type, writing=True)
+        require_type(resource_type, writing=True)
         if self.reach is not None:
             self.reach.check_may_write(resource_type)  # before any lookup that could tell the record exists
         previous = await self._current(resource_type, resource_id)
@@ -500,7 +506,7 @@ class RecordService:
         administrator, as its own audited act. `body` is a Parameters resource naming the `organization`."""
         if self.reach is not None:
             self.reach.check_role("transfer")  # a patient may move nobody, whether the id exists or not
-        _check_id(patient_id)
+        check_id(patient_id)
         organization = _transfer_target(body)
         previous = await self.store.get("Patient", patient_id)
         if previous is None or previous["deleted"]:
@@ -526,7 +532,7 @@ class RecordService:
                       params: list[tuple[str, str]]) -> dict[str, Any]:
         query: dict[str, Any] = {}
         if resource_type:
-            _require_type(resource_type)
+            require_type(resource_type)
             query["type"] = resource_type
         if resource_id:
             await self._current(resource_type, resource_id)
@@ -603,7 +609,7 @@ class RecordService:
 
     async def search(self, resource_type: str, params: list[tuple[str, str]], *,
                      handling: str | None = None) -> dict[str, Any]:
-        _require_type(resource_type)
+        require_type(resource_type)
         plan = search.parse_search(resource_type, params, handling=handling)
         self._raise_on_errors(plan)
         query = await self._reach_filter(resource_type, plan.filter, about_patient=_one_patient_asked(params))
@@ -693,7 +699,7 @@ class RecordService:
     async def each_readable(self, resource_type: str, since: datetime | None = None
                             ) -> AsyncIterator[dict[str, Any]]:
         """Every current resource of this type the caller may read (changed since `since`), one at a time."""
-        _require_type(resource_type)
+        require_type(resource_type)
         query: dict[str, Any] = {"deleted": False}
         if since is not None:
             query["updated"] = {"$gte": since}
@@ -705,7 +711,7 @@ class RecordService:
     async def append_audit_events(self, events: list[dict[str, Any]]) -> list[BaseException | None]:
         """One insert for all of them; AuditEvents are never changed. Says, per event, what went wrong."""
         recorded = now_utc()
-        documents = [self._document("AuditEvent", event["id"], 1, recorded,
+        documents = [self.document_for("AuditEvent", event["id"], 1, recorded,
                                     {**event, "meta": {"versionId": "1", "lastUpdated": fhir_instant(recorded)}})
                      for event in events]
         return await self.store.insert_audit_events(documents)
@@ -902,7 +908,7 @@ class RecordService:
         resources: dict[int, dict[str, Any]] = {}
         for index, ((method, resource_type, resource_id, _), entry) in enumerate(zip(requests, entries)):
             if method == "PUT" or index in assigned:
-                _require_type(resource_type, writing=True)
+                require_type(resource_type, writing=True)
                 resource = rewrite_references(entry.get("resource"), mapping)
                 resources[index] = validate_resource(resource, expected_type=resource_type,
                                                      prefix=f"Bundle.entry[{index}].resource")
@@ -910,7 +916,7 @@ class RecordService:
                     raise _issue(400, "invalid", "The resource's id must equal the id in the entry's url",
                                  f"Bundle.entry[{index}].resource.id")
             elif method == "DELETE":
-                _require_type(resource_type, writing=True)
+                require_type(resource_type, writing=True)
         if self.reach is not None:
             # Entries may be about a Patient this transaction registers under a new id, written after them; should
             # that Patient's own write be refused, the whole transaction is undone. A PUT of a Patient that

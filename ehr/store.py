@@ -1,7 +1,7 @@
 """MongoDB access for the record: current versions per resource type, every version in one history, identifier keys.
 
-The only module of the record that names collections. Every write is a single-document atomic operation,
-so the same code runs on MongoDB and on FerretDB.
+The only module of the record that names collections. Every write is a single-document atomic operation (the
+bulk ones send many of them in one round trip), so the same code runs on MongoDB and on FerretDB.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from motor.motor_asyncio import AsyncIOMotorDatabase
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, ReplaceOne, ReturnDocument, UpdateOne
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
 from ehr.models import RESOURCE_TYPES, RecordError
@@ -38,6 +38,15 @@ REACHED_TYPES = frozenset({"Patient", *COMPARTMENT_PATHS}) - {"AuditEvent"}
 
 def history_id(resource_type: str, resource_id: str, version: int) -> str:
     return f"{resource_type}/{resource_id}/{version}"
+
+
+def history_entry(resource_type: str, resource_id: str, vid: int, updated: datetime, method: str,
+                  resource: dict[str, Any] | None, write_id: str, compartment: list[str],
+                  reach: list[str]) -> dict[str, Any]:
+    """The history document of one version, which its write inserts first (the version's lock)."""
+    return {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
+            "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id,
+            "compartment": compartment, "reach": reach}
 
 
 async def is_embedded_engine(db: AsyncIOMotorDatabase) -> bool:
@@ -97,6 +106,22 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     await db[REACH_REVOKING].create_index([("org", ASCENDING)], name="mk_org")
 
 
+async def _insert_unordered(collection: Any, documents: list[dict[str, Any]]) -> set[int]:
+    """Insert documents in one unordered round trip; the indexes of those whose _id was taken. Any other
+    write error is raised: nothing is known of what it kept out."""
+    if not documents:
+        return set()
+    try:
+        with _fits():
+            await collection.insert_many(documents, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors") or any(error.get("code") != 11000 for error in errors):
+            raise
+        return {error["index"] for error in errors}
+    return set()
+
+
 @contextmanager
 def _fits() -> Iterator[None]:
     """A current version is the resource and its search index, which repeats indexed strings several times over: a
@@ -104,9 +129,12 @@ def _fits() -> Iterator[None]:
     try:
         yield
     except DocumentTooLarge:
-        raise RecordError.single(413, "too-costly", "The resource is too large to store with its search index "
-                                                    "(MongoDB holds at most 16 MB a document); make its texts "
-                                                    "shorter") from None
+        raise too_large() from None
+
+
+def too_large() -> RecordError:
+    return RecordError.single(413, "too-costly", "The resource is too large to store with its search index "
+                                                 "(MongoDB holds at most 16 MB a document); make its texts shorter")
 
 
 class RecordStore:
@@ -201,9 +229,8 @@ class RecordStore:
         find_one_and_update as read-then-write, so two writers that read the same version could both
         "win" it, but only one of them can insert the unique _id "Type/id/vid".
         """
-        entry = {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
-                 "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id,
-                 "compartment": compartment, "reach": reach}
+        entry = history_entry(resource_type, resource_id, vid, updated, method, resource, write_id, compartment,
+                              reach)
         try:
             await self.db[HISTORY].insert_one(entry)
             return True
@@ -345,6 +372,57 @@ class RecordStore:
             await self.db[REINDEX_STATE].delete_one({"_id": key})
         else:
             await self.db[REINDEX_STATE].replace_one({"_id": key}, {"_id": key, "after": after}, upsert=True)
+
+    # --- bulk: the same single-document writes, many per round trip (ehr/bulk.py) ---------------
+
+    async def claim_versions(self, entries: list[dict[str, Any]]) -> list[bool]:
+        """claim_version for many history entries (its shape) in one unordered insert: False where another
+        write holds that version."""
+        errors = await _insert_unordered(self.db[HISTORY], entries)
+        if not errors:
+            return [True] * len(entries)
+        # A retried insert after a lost reply meets its own entry: that is still ours.
+        found = {doc["_id"]: doc.get("write") for doc in await self.db[HISTORY].find(
+            {"_id": {"$in": [entries[i]["_id"] for i in errors]}}, {"write": 1}).to_list(length=None)}
+        return [i not in errors or found.get(entry["_id"]) == entry["write"] for i, entry in enumerate(entries)]
+
+    async def remove_history_entries(self, entry_ids: list[str]) -> None:
+        if entry_ids:
+            await self.db[HISTORY].delete_many({"_id": {"$in": entry_ids}})
+
+    async def insert_first_versions(self, resource_type: str, documents: list[dict[str, Any]]) -> list[bool]:
+        """insert_first_version for many documents in one unordered insert: False where the id was taken."""
+        errors = await _insert_unordered(self.db[resource_type], documents)
+        return [i not in errors for i in range(len(documents))]
+
+    async def replace_if_versions(self, resource_type: str, replacements: list[tuple[int, dict[str, Any]]]
+                                  ) -> list[bool]:
+        """replace_if_version for many (expected vid, document) in one round trip: False where it was not."""
+        if not replacements:
+            return []
+        collection = self.db[resource_type]
+        result = await collection.bulk_write([ReplaceOne({"_id": doc["_id"], "vid": expected}, doc)
+                                              for expected, doc in replacements], ordered=False)
+        if result.matched_count == len(replacements):
+            return [True] * len(replacements)
+        # Which ones missed: each writer holds its new version's history entry, so a document now at that
+        # version was replaced by this call.
+        now = {doc["_id"]: doc["vid"] for doc in await collection.find(
+            {"_id": {"$in": [doc["_id"] for _, doc in replacements]}}, {"vid": 1}).to_list(length=None)}
+        return [now.get(doc["_id"]) == doc["vid"] for _, doc in replacements]
+
+    async def claim_identifiers(self, claims: list[tuple[str, str, str]], stale_before: datetime
+                                ) -> list[str | None]:
+        """claim_identifier for many (key, owner, write id) in one unordered insert; a key found there
+        already is asked about alone (it may be the owner's own, or a dead write's)."""
+        at = datetime.now(UTC)
+        errors = await _insert_unordered(self.db[IDENTIFIER_KEYS], [
+            {"_id": key, "owner": owner, "write": write_id, "at": at} for key, owner, write_id in claims])
+        holders: list[str | None] = [None] * len(claims)
+        for index in sorted(errors):
+            key, owner, write_id = claims[index]
+            holders[index] = await self.claim_identifier(key, owner, write_id, stale_before)
+        return holders
 
     # --- identifier keys: one resource per (system, value) -------------------------------------
 

@@ -177,7 +177,7 @@ def demo() -> None:
 def import_command(
     paths: list[str] = typer.Argument(..., help="FHIR JSON files (a resource or a Bundle), .ndjson files, or "
                                                 "directories of them."),
-    concurrency: int = typer.Option(8, min=1, max=64, help="Resources written at once."),
+    concurrency: int = typer.Option(2, min=1, max=8, help="Batches of resources written at once."),
 ) -> None:
     """Load FHIR resources into the record through the same rules as the API; exits 1 when any failed."""
     from pymongo.errors import ConnectionFailure

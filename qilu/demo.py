@@ -44,8 +44,6 @@ SEED = 2026
 PATIENT_COUNT = 300
 # A fixed "today" for the records: the data must be the same whichever day the demo is seeded.
 RECORDS_END = dt.date(2026, 10, 20)
-# Resources in flight at once: enough to fill the insert batches, few enough to keep memory flat.
-WRITE_CONCURRENCY = 1000
 
 # Code systems the demo uses. Specialties have no national code system Qilu adopted yet, so they are
 # Qilu codes named after the directory's specialty keys (the same words the routing engine reads).
@@ -756,115 +754,6 @@ class DemoSeedError(RuntimeError):
     """The demo data was refused by the record; a bug in this module, never the operator's doing."""
 
 
-class InsertBatcher:
-    """Single-document inserts into one collection, sent together as unordered insert_many batches.
-
-    FerretDB's SQLite backend commits every insert on its own (~5 ms each); a batch of 100 costs
-    about what two single inserts do. Each caller still sees its own insert: it returns, or raises
-    DuplicateKeyError for a taken _id, as insert_one would.
-    """
-
-    def __init__(self, collection: Any, max_batch: int = 250, linger_s: float = 0.02):
-        self.collection = collection
-        self.max_batch = max_batch
-        self.linger_s = linger_s
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._sending: set[asyncio.Task[None]] = set()
-
-    async def insert(self, document: dict[str, Any]) -> None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._pending.append((document, future))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            # Wait a moment for the other writers of this tick to add theirs.
-            self._timer = loop.call_later(self.linger_s, self._flush)
-        await future
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.ensure_future(self._send(batch))
-            self._sending.add(task)  # keep a reference until it is done
-            task.add_done_callback(self._sending.discard)
-
-    async def _send(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]]) -> None:
-        from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
-
-        def settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-            if future.done():  # its writer was cancelled
-                return
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(error)
-
-        try:
-            await self.collection.insert_many([document for document, _ in batch], ordered=False)
-        except BulkWriteError as exc:
-            errors = {error["index"]: error for error in exc.details.get("writeErrors", [])}
-            for index, (_, future) in enumerate(batch):
-                error = errors.get(index)
-                if error is None:
-                    settle(future, None)
-                else:
-                    kind = DuplicateKeyError if error.get("code") == 11000 else OperationFailure
-                    settle(future, kind(error.get("errmsg", "insert failed"), error.get("code"), error))
-            return
-        except BaseException as exc:  # noqa: BLE001 - every waiting writer must hear of it
-            for _, future in batch:
-                settle(future, exc)
-            return
-        for _, future in batch:
-            settle(future, None)
-
-
-class BatchingCollection:
-    """A motor collection whose plain insert_one calls are batched; everything else goes straight through."""
-
-    def __init__(self, collection: Any, batcher: InsertBatcher):
-        self._collection = collection
-        self._batcher = batcher
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._collection, name)
-
-    async def insert_one(self, document: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        from pymongo.results import InsertOneResult
-
-        if args or kwargs or "_id" not in document:
-            return await self._collection.insert_one(document, *args, **kwargs)
-        await self._batcher.insert(document)
-        return InsertOneResult(document["_id"], acknowledged=True)
-
-
-class BatchingDatabase:
-    """A motor database handle for bulk loads: the same reads and writes, with inserts group-committed.
-
-    Why: seeding ~8,000 resources makes ~17,000 inserts (history entry, current version, identifier
-    keys), and FerretDB v1.24's SQLite backend commits each insert alone. The record service and store
-    run unchanged on top, so every resource passes the same rules as through the API.
-    """
-
-    def __init__(self, db: Any):
-        self._db = db
-        self._collections: dict[str, BatchingCollection] = {}
-
-    def __getitem__(self, name: str) -> BatchingCollection:
-        if name not in self._collections:
-            collection = self._db[name]
-            self._collections[name] = BatchingCollection(collection, InsertBatcher(collection))
-        return self._collections[name]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._db, name)
-
-
 async def _stored_ids(store: Any, resources: list[dict[str, Any]]) -> set[tuple[str, str]]:
     """(type, id) of those resources that are stored, deleted ones included (a deleted one stays deleted)."""
     wanted: dict[str, list[str]] = {}
@@ -872,8 +761,7 @@ async def _stored_ids(store: Any, resources: list[dict[str, Any]]) -> set[tuple[
         wanted.setdefault(resource["resourceType"], []).append(resource["id"])
     found: set[tuple[str, str]] = set()
     for resource_type, ids in wanted.items():
-        # One $in query per type rather than a store.get per resource: on FerretDB v1.24 (SQLite)
-        # every _id lookup scans the table, so one scan beats thousands of them.
+        # One $in query per type rather than a store.get per resource: one round trip instead of thousands.
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
             documents = await store.find(resource_type, {"_id": {"$in": chunk}}, sort=[("_id", 1)],
@@ -884,30 +772,21 @@ async def _stored_ids(store: Any, resources: list[dict[str, Any]]) -> set[tuple[
 
 async def _create_all(service: Any, resources: list[dict[str, Any]], written: Counter[str],
                       present: Counter[str]) -> None:
-    """Create each resource with its own id through the record service, many at once."""
-    from ehr.models import RecordError
+    """Create each resource with its own id through the record's bulk path, a batch at a time."""
+    from ehr.bulk import BATCH, BulkItem, BulkWriter
 
-    limit = asyncio.Semaphore(WRITE_CONCURRENCY)
-
-    async def create(resource: dict[str, Any]) -> None:
-        resource_type = resource["resourceType"]
-        async with limit:
-            try:
-                # create() with our id rather than a transaction of PUTs: a PUT first reads the current
-                # version (a table scan on FerretDB), and a transaction's POST would assign random ids.
-                await service.create(resource_type, resource, resource_id=resource["id"])
-            except RecordError as exc:
-                if exc.status == 409 and exc.issues[0].code == "conflict":
-                    present[resource_type] += 1  # another seeding run wrote it a moment ago
-                    return
-                raise DemoSeedError(f"the record refused demo resource {resource_type}/{resource['id']}: "
-                                    f"{exc.status} {exc}") from exc
-        written[resource_type] += 1
-
-    # A TaskGroup, so that one refused resource cancels the rest before the client is closed.
-    async with asyncio.TaskGroup() as group:
-        for resource in resources:
-            group.create_task(create(resource))
+    writer = BulkWriter(service)
+    for start in range(0, len(resources), BATCH):
+        chunk = resources[start:start + BATCH]
+        items = [BulkItem(f"{r['resourceType']}/{r['id']}", r, create_only=True) for r in chunk]
+        for resource, result in zip(chunk, await writer.write(items), strict=True):
+            error = result.error
+            if error is not None and error.status == 409 and error.issues[0].code == "conflict":
+                present[resource["resourceType"]] += 1  # another seeding run wrote it a moment ago
+            elif error is not None:
+                raise DemoSeedError(f"the record refused demo resource {result.where}: {error.status} {error}")
+            else:
+                written[resource["resourceType"]] += 1
 
 
 async def _seed_groups(service: Any, groups: list[list[dict[str, Any]]], written: Counter[str],
@@ -948,7 +827,7 @@ async def seed_demo_async(settings: Settings, directory_path: Path | None = None
     try:
         db = database(client, settings)
         await ensure_indexes(db)
-        service = RecordService(RecordStore(BatchingDatabase(db)), settings.base_url + "/fhir")
+        service = RecordService(RecordStore(db), settings.base_url + "/fhir")
         written: Counter[str] = Counter()
         present: Counter[str] = Counter()
         # Hospitals before patients, so that what a patient's record references is there first.
