@@ -234,7 +234,7 @@ class BulkWriter:
                    for t, ps in replaced.items())]
         groups = [*created.values(), *replaced.values()]
         written, lost = [], []
-        for group, outcome in zip(groups, await asyncio.gather(*steps), strict=True):
+        for group, outcome in zip(groups, [await step for step in steps], strict=True):
             for p, ok in zip(group, outcome, strict=True):
                 (written if ok else lost).append(p)
         if lost:

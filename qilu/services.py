@@ -21,7 +21,7 @@ from qilu.settings import Settings
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 # Bumped whenever install_ferretdb changes what it builds.
-FERRETDB_BUILD = "qilu3"
+FERRETDB_BUILD = "qilu4"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -240,7 +240,7 @@ SQLITE_EDITS = [
     # An `mk_` index is made, and dropped, with its side table (qilu_multikey.go).
     ("internal/backends/sqlite/metadata/registry.go", "\t\tcreated = append(created, index.Name)\n",
      "\t\tif IsMultikey(index) {\n"
-     "\t\t\tif err := multikeyCreate(ctx, db, c.TableName, index); err != nil {\n"
+     "\t\t\tif err := multikeyCreate(ctx, db, c.TableName, index, c.Settings.Indexes); err != nil {\n"
      "\t\t\t\t_, _ = db.ExecContext(ctx, fmt.Sprintf(\"DROP INDEX %q\", c.TableName+\"_\"+index.Name))\n"
      "\t\t\t\t_ = r.indexesDrop(ctx, dbName, collectionName, created)\n"
      "\t\t\t\treturn lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\n"
@@ -248,7 +248,7 @@ SQLITE_EDITS = [
     ("internal/backends/sqlite/metadata/registry.go",
      '\t\tq := fmt.Sprintf("DROP INDEX %q", c.TableName+"_"+name)\n',
      "\t\tif IsMultikey(c.Settings.Indexes[i]) {\n"
-     "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, c.Settings.Indexes[i]); err != nil {\n"
+     "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, c.Settings.Indexes[i], c.Settings.Indexes); err != nil {\n"
      "\t\t\t\treturn lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\n"
      '\t\tq := fmt.Sprintf("DROP INDEX %q", c.TableName+"_"+name)\n', 1),
     # A find (and its explain) sorted by `_id` alone gets its order from SQLite, through the `_id` index, so
@@ -265,7 +265,7 @@ SQLITE_EDITS = [
      "\tif direction, err := sort.Get(\"_id\"); err == nil {\n\t\treturn qiluOrderByID(direction)\n\t}\n\n", 1),
     ("internal/backends/sqlite/metadata/registry.go", '\tq = fmt.Sprintf("DROP TABLE %q", c.TableName)\n',
      "\tfor _, index := range c.Settings.Indexes {\n\t\tif IsMultikey(index) {\n"
-     "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, index); err != nil {\n"
+     "\t\t\tif err := multikeyDrop(ctx, db, c.TableName, index, nil); err != nil {\n"
      "\t\t\t\treturn false, lazyerrors.Error(err)\n\t\t\t}\n\t\t}\n\t}\n\n"
      '\tq = fmt.Sprintf("DROP TABLE %q", c.TableName)\n', 1),
 ]

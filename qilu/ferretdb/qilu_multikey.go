@@ -3,7 +3,8 @@
 // SQLite indexes an expression, one value per row, so FerretDB's index on a field that holds a list (every
 // search field of a FHIR resource does) can never be searched. An index whose name starts with "mk_" is kept
 // instead in a side table of (value of each key field..., _id), one row per combination of the list's values,
-// filled by triggers on the collection's table, so every write keeps it exact in the same statement. A find,
+// filled by triggers on the collection's table (one for all its indexes), so every write keeps it exact in the
+// same statement. A find,
 // count, update or delete whose filter gives the index's fields is narrowed through it (qilu_pushdown.go).
 //
 // The contract: a key field's path crosses no list of documents on its way (a list of plain values at its end
@@ -49,7 +50,9 @@ func jsonPath(field string) string {
 }
 
 // multikeyRows is the SELECT of index rows: of one document in a trigger (`row` is NEW), or of every document
-// of the table (`row` is the table's quoted name).
+// of the table (`row` is the table's quoted name). In a trigger each key field is taken with `->`, whose JSON
+// cache lets every statement of the trigger share one parse of the document; json_each then reads only the
+// field's small list.
 func multikeyRows(index IndexInfo, row string, fromTable bool) string {
 	columns := make([]string, 0, len(index.Key)+1)
 	sources := make([]string, 0, len(index.Key)+1)
@@ -60,7 +63,12 @@ func multikeyRows(index IndexInfo, row string, fromTable bool) string {
 
 	for i, key := range index.Key {
 		columns = append(columns, fmt.Sprintf("j%d.value", i))
-		sources = append(sources, fmt.Sprintf("json_each(%s.%s, %s) AS j%d", row, DefaultColumn, jsonPath(key.Field), i))
+
+		if fromTable {
+			sources = append(sources, fmt.Sprintf("json_each(%s.%s, %s) AS j%d", row, DefaultColumn, jsonPath(key.Field), i))
+		} else {
+			sources = append(sources, fmt.Sprintf("json_each(%s.%s -> %s) AS j%d", row, DefaultColumn, jsonPath(key.Field), i))
+		}
 	}
 
 	columns = append(columns, fmt.Sprintf("%s.%s", row, IDColumn))
@@ -68,8 +76,69 @@ func multikeyRows(index IndexInfo, row string, fromTable bool) string {
 	return "SELECT " + strings.Join(columns, ", ") + " FROM " + strings.Join(sources, ", ")
 }
 
-// multikeyCreate makes the side table, its two indexes and the triggers, and fills it from the documents there.
-func multikeyCreate(ctx context.Context, db *fsql.DB, tableName string, index IndexInfo) error {
+// multikeyInsertInto is the INSERT that a SELECT of multikeyRows follows.
+func multikeyInsertInto(side string, index IndexInfo) string {
+	columns := make([]string, len(index.Key))
+
+	for i := range index.Key {
+		columns[i] = MultikeyColumn(i)
+	}
+
+	return fmt.Sprintf("INSERT INTO %q (%s, id) ", side, strings.Join(columns, ", "))
+}
+
+// multikeyTriggers are the statements that give the table one trigger on insert and one on update filling the
+// side tables of all its mk_ indexes (and drop the one-per-index triggers of Qilu's earlier builds): one
+// trigger program for all indexes, so SQLite parses a written document once, not once per index.
+func multikeyTriggers(tableName string, indexes []IndexInfo) []string {
+	statements := []string{
+		fmt.Sprintf("DROP TRIGGER IF EXISTS %q", tableName+"_qilu_mk_insert"),
+		fmt.Sprintf("DROP TRIGGER IF EXISTS %q", tableName+"_qilu_mk_update"),
+	}
+
+	var fills, deletes []string
+
+	for _, index := range indexes {
+		if !IsMultikey(index) {
+			continue
+		}
+
+		side := MultikeyTable(tableName, index.Name)
+		fills = append(fills, multikeyInsertInto(side, index)+multikeyRows(index, "NEW", false)+";")
+		deletes = append(deletes, fmt.Sprintf("DELETE FROM %q WHERE id = OLD.%s;", side, IDColumn))
+		statements = append(statements,
+			fmt.Sprintf("DROP TRIGGER IF EXISTS %q", side+"_insert"),
+			fmt.Sprintf("DROP TRIGGER IF EXISTS %q", side+"_update"))
+	}
+
+	if len(fills) == 0 {
+		return statements
+	}
+
+	return append(statements,
+		fmt.Sprintf("CREATE TRIGGER %q AFTER INSERT ON %q BEGIN %s END",
+			tableName+"_qilu_mk_insert", tableName, strings.Join(fills, " ")),
+		fmt.Sprintf("CREATE TRIGGER %q AFTER UPDATE ON %q BEGIN %s %s END",
+			tableName+"_qilu_mk_update", tableName, strings.Join(deletes, " "), strings.Join(fills, " ")))
+}
+
+// without is the indexes but the one named.
+func without(indexes []IndexInfo, name string) []IndexInfo {
+	kept := make([]IndexInfo, 0, len(indexes))
+
+	for _, index := range indexes {
+		if index.Name != name {
+			kept = append(kept, index)
+		}
+	}
+
+	return kept
+}
+
+// multikeyCreate makes the side table, its two indexes and its delete trigger, fills it from the documents
+// there and gives the table its triggers again for `existing` (the collection's indexes) and this one, all in
+// one transaction, so no write falls between the filling and the triggers.
+func multikeyCreate(ctx context.Context, db *fsql.DB, tableName string, index IndexInfo, existing []IndexInfo) error {
 	side := MultikeyTable(tableName, index.Name)
 	columns := make([]string, len(index.Key))
 
@@ -77,20 +146,15 @@ func multikeyCreate(ctx context.Context, db *fsql.DB, tableName string, index In
 		columns[i] = MultikeyColumn(i)
 	}
 
-	insertInto := fmt.Sprintf("INSERT INTO %q (%s, id) ", side, strings.Join(columns, ", "))
-	deleteOld := fmt.Sprintf("DELETE FROM %q WHERE id = OLD.%s;", side, IDColumn)
-
 	statements := []string{
 		fmt.Sprintf("CREATE TABLE %q (%s, id NOT NULL)", side, strings.Join(columns, ", ")),
 		fmt.Sprintf("CREATE INDEX %q ON %q (%s, id)", side+"_key", side, strings.Join(columns, ", ")),
 		fmt.Sprintf("CREATE INDEX %q ON %q (id)", side+"_id", side),
-		fmt.Sprintf("CREATE TRIGGER %q AFTER INSERT ON %q BEGIN %s%s; END",
-			side+"_insert", tableName, insertInto, multikeyRows(index, "NEW", false)),
-		fmt.Sprintf("CREATE TRIGGER %q AFTER DELETE ON %q BEGIN %s END", side+"_delete", tableName, deleteOld),
-		fmt.Sprintf("CREATE TRIGGER %q AFTER UPDATE ON %q BEGIN %s %s%s; END",
-			side+"_update", tableName, deleteOld, insertInto, multikeyRows(index, "NEW", false)),
-		insertInto + multikeyRows(index, fmt.Sprintf("%q", tableName), true),
+		fmt.Sprintf("CREATE TRIGGER %q AFTER DELETE ON %q BEGIN DELETE FROM %q WHERE id = OLD.%s; END",
+			side+"_delete", tableName, side, IDColumn),
+		multikeyInsertInto(side, index) + multikeyRows(index, fmt.Sprintf("%q", tableName), true),
 	}
+	statements = append(statements, multikeyTriggers(tableName, append(without(existing, index.Name), index))...)
 
 	return db.InTransaction(ctx, func(tx *fsql.Tx) error {
 		for _, q := range statements {
@@ -103,20 +167,29 @@ func multikeyCreate(ctx context.Context, db *fsql.DB, tableName string, index In
 	})
 }
 
-// multikeyDrop removes the side table; its triggers go with it only when the collection's table goes, so they
-// are dropped by name.
-func multikeyDrop(ctx context.Context, db *fsql.DB, tableName string, index IndexInfo) error {
+// multikeyDrop removes the side table and its delete trigger, and gives the table its triggers again for the
+// indexes that stay (`all` is the collection's indexes; nil when the table itself goes). Triggers go with a
+// table only when that table goes, so they are dropped by name.
+func multikeyDrop(ctx context.Context, db *fsql.DB, tableName string, index IndexInfo, all []IndexInfo) error {
 	side := MultikeyTable(tableName, index.Name)
-	for _, q := range []string{
+	statements := []string{
 		fmt.Sprintf("DROP TRIGGER IF EXISTS %q", side+"_insert"),
 		fmt.Sprintf("DROP TRIGGER IF EXISTS %q", side+"_delete"),
 		fmt.Sprintf("DROP TRIGGER IF EXISTS %q", side+"_update"),
 		fmt.Sprintf("DROP TABLE IF EXISTS %q", side),
-	} {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return lazyerrors.Error(err)
-		}
 	}
 
-	return nil
+	if all != nil {
+		statements = append(statements, multikeyTriggers(tableName, without(all, index.Name))...)
+	}
+
+	return db.InTransaction(ctx, func(tx *fsql.Tx) error {
+		for _, q := range statements {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return lazyerrors.Error(err)
+			}
+		}
+
+		return nil
+	})
 }
