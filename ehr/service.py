@@ -31,7 +31,7 @@ UNIQUE_IDENTIFIER_SYSTEMS: dict[str, frozenset[str]] = {
 MAX_REVINCLUDE = 1000
 MAX_BUNDLE_ENTRIES = 1000
 # A search's total is counted up to this many matches; past it the Bundle has none unless _total=accurate.
-COUNTED = 1000
+COUNTED = 100
 
 
 def now_utc() -> datetime:

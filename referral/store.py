@@ -29,14 +29,21 @@ STALE_CLAIM = timedelta(seconds=30)
 
 
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
+    """The `mk_` names let the embedded FerretDB search by them too (qilu/ferretdb/): a hospital's inbox, the
+    deadline sweep and a patient's referrals then read their own referrals, not the province's. `share.org`
+    crosses a list of documents, which an `mk_` index may not, so it stays an ordinary index."""
     referrals = db[REFERRALS]
-    await referrals.create_index([("target", ASCENDING), ("status", ASCENDING)], name="target_status")
-    await referrals.create_index([("origin", ASCENDING), ("status", ASCENDING)], name="origin_status")
-    await referrals.create_index([("status", ASCENDING), ("deadline", ASCENDING)], name="status_deadline")
-    await referrals.create_index([("patient", ASCENDING)], name="patient")
+    await referrals.create_index([("target", ASCENDING), ("status", ASCENDING)], name="mk_target_status")
+    await referrals.create_index([("origin", ASCENDING), ("status", ASCENDING)], name="mk_origin_status")
+    await referrals.create_index([("status", ASCENDING), ("deadline", ASCENDING)], name="mk_status_deadline")
+    await referrals.create_index([("patient", ASCENDING)], name="mk_patient")
     await referrals.create_index([("share.org", ASCENDING)], name="share_org")
-    await referrals.create_index([("outbox_pending", ASCENDING)], name="outbox_pending")
+    await referrals.create_index([("outbox_pending", ASCENDING)], name="mk_outbox_pending")
     await referrals.create_index([("created", DESCENDING)], name="created")
+    existing = {index["name"] for index in await referrals.list_indexes().to_list(None)}
+    for earlier in ("target_status", "origin_status", "status_deadline", "patient", "outbox_pending"):
+        if earlier in existing:
+            await referrals.drop_index(earlier)
 
 
 class ReferralStore:
