@@ -21,7 +21,7 @@ from qilu.settings import Settings
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 # Bumped whenever install_ferretdb changes what it builds.
-FERRETDB_BUILD = "qilu4"
+FERRETDB_BUILD = "qilu5"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 

@@ -3,8 +3,8 @@
 // FerretDB's SQLite backend narrows only by `_id` equality and applies the whole filter in Go to what SQLite
 // returns, so what is narrowed here needs only to hold every match (a superset is correct, just slower). Two
 // more narrowings are added: `_id` in a list, and the conditions an "mk_" multikey index covers
-// (qilu_multikey.go). The index is chosen by how many of its leading fields the filter fixes; a tie goes to
-// the index created first.
+// (qilu_multikey.go). The index read is chosen by how many of its leading fields the filter fixes (a tie goes
+// to the index created first); other indexes narrowing fields it leaves open are asked about each of its rows.
 
 package sqlite
 
@@ -85,12 +85,8 @@ func qiluWhere(meta *metadata.Collection, filter *types.Document) (clause string
 		found := conditions[best.Key[i].Field]
 
 		if equality, ok := firstWith(found, true); ok {
-			marks := make([]string, len(equality.equal))
-			for j, v := range equality.equal {
-				marks[j] = "?"
-				equalArgs = append(equalArgs, v)
-			}
-			equalities = append(equalities, fmt.Sprintf("%s IN (%s)", column, strings.Join(marks, ", ")))
+			equalities = append(equalities, inList(column, equality.equal))
+			equalArgs = append(equalArgs, equality.equal...)
 
 			continue
 		}
@@ -99,6 +95,7 @@ func qiluWhere(meta *metadata.Collection, filter *types.Document) (clause string
 		alternatives = ranged.ranges
 	}
 
+	probes, probeArgs := qiluProbes(meta, best, bestUsed, conditions)
 	side := fmt.Sprintf("%q", metadata.MultikeyTable(meta.TableName, best.Name))
 	last := metadata.MultikeyColumn(bestUsed - 1)
 
@@ -109,25 +106,102 @@ func qiluWhere(meta *metadata.Collection, filter *types.Document) (clause string
 	selects := make([]string, len(alternatives))
 
 	for j, r := range alternatives {
-		terms := append([]string(nil), equalities...)
-		args = append(args, equalArgs...)
-
-		if r[0] != nil {
-			terms = append(terms, last+" >= ?")
-			args = append(args, r[0])
-		}
-
-		if r[1] != nil {
-			terms = append(terms, last+" < ?")
-			args = append(args, r[1])
-		}
-
-		selects[j] = "SELECT id FROM " + side + " WHERE " + strings.Join(terms, " AND ")
+		bounds, boundArgs := rangeTerms(last, r)
+		terms := append(append([]string(nil), equalities...), bounds...)
+		args = append(append(args, equalArgs...), boundArgs...)
+		terms = append(terms, probes...)
+		args = append(args, probeArgs...)
+		selects[j] = "SELECT a.id FROM " + side + " AS a WHERE " + strings.Join(terms, " AND ")
 	}
 
 	// INDEXED BY: without statistics SQLite may prefer reading the table to probing its `_id` index.
 	return fmt.Sprintf(` INDEXED BY %q WHERE %s IN (%s)`, meta.TableName+"_"+backends.DefaultIndexName, metadata.IDColumn,
 		strings.Join(selects, " UNION ALL ")), args
+}
+
+// inList is `column IN (?, ...)` with a mark per value.
+func inList(column string, values []any) string {
+	return fmt.Sprintf("%s IN (%s)", column, strings.TrimSuffix(strings.Repeat("?, ", len(values)), ", "))
+}
+
+// rangeTerms are the bounds of one range [low, high) on a column; a nil bound is open.
+func rangeTerms(column string, r [2]any) (terms []string, args []any) {
+	if r[0] != nil {
+		terms, args = append(terms, column+" >= ?"), append(args, r[0])
+	}
+
+	if r[1] != nil {
+		terms, args = append(terms, column+" < ?"), append(args, r[1])
+	}
+
+	return terms, args
+}
+
+// maxProbes bounds how many other indexes a narrowing asks besides the one it reads.
+const maxProbes = 3
+
+// qiluProbes are the conditions that each other index narrowing a field the chosen one leaves open puts on
+// the chosen one's rows (`a`): EXISTS in its side table, one search of its (key..., id) index per row. The
+// narrowing is then the intersection, so FerretDB reads and filters in Go only the documents that every
+// indexed condition may match (a search by surname and given name reads the few with both, not everyone of
+// that surname).
+func qiluProbes(meta *metadata.Collection, best *metadata.IndexInfo, bestUsed int,
+	conditions map[string][]keyCondition,
+) (probes []string, args []any) {
+	covered := map[string]bool{}
+	for i := 0; i < bestUsed; i++ {
+		covered[best.Key[i].Field] = true
+	}
+
+	for i := range meta.Settings.Indexes {
+		index := &meta.Settings.Indexes[i]
+		if index == best || !metadata.IsMultikey(*index) || len(probes) == maxProbes {
+			continue
+		}
+
+		used := usableFields(index, conditions)
+		adds := false
+
+		for j := 0; j < used; j++ {
+			adds = adds || !covered[index.Key[j].Field]
+		}
+
+		if !adds {
+			continue
+		}
+
+		terms := make([]string, 0, used+1)
+
+		for j := 0; j < used; j++ {
+			column := "p." + metadata.MultikeyColumn(j)
+			found := conditions[index.Key[j].Field]
+			covered[index.Key[j].Field] = true
+
+			if equality, ok := firstWith(found, true); ok {
+				terms = append(terms, inList(column, equality.equal))
+				args = append(args, equality.equal...)
+
+				continue
+			}
+
+			ranged, _ := firstWith(found, false)
+			spans := make([]string, 0, len(ranged.ranges))
+
+			for _, r := range ranged.ranges {
+				bounds, boundArgs := rangeTerms(column, r)
+				spans = append(spans, "("+strings.Join(append([]string{"1"}, bounds...), " AND ")+")")
+				args = append(args, boundArgs...)
+			}
+
+			terms = append(terms, "("+strings.Join(spans, " OR ")+")")
+		}
+
+		terms = append(terms, "p.id = a.id")
+		probes = append(probes, fmt.Sprintf("EXISTS (SELECT 1 FROM %q AS p WHERE %s)",
+			metadata.MultikeyTable(meta.TableName, index.Name), strings.Join(terms, " AND ")))
+	}
+
+	return probes, args
 }
 
 // usableFields counts the index's leading fields the conditions narrow: each by an equality, except that the
