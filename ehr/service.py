@@ -767,11 +767,11 @@ class RecordService:
                     offset = search.parse_offset(value)
         member = {"compartment": f"Patient/{patient_id}", "deleted": False}
         # The compartment is paged across types in a fixed order, the Patient first.
-        counts = [("Patient", 1)]
-        for resource_type in RESOURCE_TYPES:
-            # The audit trail is about the record, not part of it.
-            if resource_type not in ("Patient", "AuditEvent"):
-                counts.append((resource_type, await self.store.count(resource_type, member)))
+        # The types a patient's compartment can hold, counted at once; the audit trail is about the record, not
+        # part of it.
+        kinds = [t for t in RESOURCE_TYPES if t in search.COMPARTMENT_PATHS and t != "AuditEvent"]
+        found = await asyncio.gather(*(self.store.count(resource_type, member) for resource_type in kinds))
+        counts = [("Patient", 1), *zip(kinds, found, strict=True)]
         total = sum(n for _, n in counts)
         entries, position, remaining = [], 0, count
         for resource_type, n in counts:
