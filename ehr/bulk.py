@@ -23,8 +23,8 @@ from typing import Any
 import bson
 
 from ehr.models import RecordError, validate_resource
-from ehr.service import (RecordService, Written, changed_meanwhile, check_id, fhir_instant, identifier_taken,
-                         now_utc, require_type, unique_identifier_keys)
+from ehr.service import (RecordService, Written, changed_meanwhile, check_id, identifier_taken, now_utc, require_type,
+                         stamped, unique_identifier_keys)
 from ehr.store import ABANDONED_WRITE_AFTER, REACHED_TYPES, history_entry, history_id, too_large
 
 # Resources a batch holds: round trips are few, and a batch's documents stay well within what one holds in memory.
@@ -173,9 +173,7 @@ class BulkWriter:
     def _build(self, p: _Pending, updated: datetime, refuse) -> bool:
         """The new version's resource and document, as a single write makes them; False when it cannot be kept."""
         vid = p.previous["vid"] + 1 if p.previous else 1
-        meta = {k: v for k, v in (p.resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        resource = {**p.resource, "id": p.resource_id,
-                    "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
+        resource = stamped(p.resource, p.resource_id, vid, updated)
         p.document = self.records.document_for(p.resource_type, p.resource_id, vid, updated, resource, p.previous)
         if len(bson.encode(p.document)) > MAX_DOCUMENT_BYTES:
             refuse(p, too_large())
@@ -234,6 +232,7 @@ class BulkWriter:
                    for t, ps in replaced.items())]
         groups = [*created.values(), *replaced.values()]
         written, lost = [], []
+        # One after another: the embedded engine has one writer, and concurrent inserts only wait on each other.
         for group, outcome in zip(groups, [await step for step in steps], strict=True):
             for p, ok in zip(group, outcome, strict=True):
                 (written if ok else lost).append(p)

@@ -109,6 +109,13 @@ class Written:
         return f"{self.resource_type}/{self.resource_id}/_history/{self.vid}"
 
 
+def stamped(resource: dict[str, Any], resource_id: str, vid: int, updated: datetime) -> dict[str, Any]:
+    """The resource as version `vid` stores it: its id, and the server's versionId and lastUpdated in meta."""
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    return {**resource, "id": resource_id,
+            "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
+
+
 def identifier_taken(resource_type: str, key: str) -> RecordError:
     """The refusal of a write whose unique identifier (`key`) another resource holds."""
     system = key.split("|")[1]
@@ -231,9 +238,7 @@ class RecordService:
             await self.resolve_patient_identifiers(resource)
         updated = now_utc()
         if resource is not None:
-            meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-            resource = {**resource, "id": resource_id,
-                        "meta": {"versionId": str(vid), "lastUpdated": fhir_instant(updated), **meta}}
+            resource = stamped(resource, resource_id, vid, updated)
         owner = f"{resource_type}/{resource_id}"
         document = self.document_for(resource_type, resource_id, vid, updated, resource, previous)
         if self.reach is not None:
