@@ -11,6 +11,8 @@ import sys
 import time
 
 import typer
+from rich.progress import ProgressColumn, Task
+from rich.text import Text
 
 from qilu.services import EngineError, services_down, services_status, services_up
 from qilu.settings import get_settings
@@ -173,6 +175,13 @@ def demo() -> None:
     typer.echo("stopped API and worker (the engines keep running: `qilu services down` stops them)")
 
 
+class RateColumn(ProgressColumn):
+    """Resources per second of a task, as rich measures it from the task's recent progress."""
+
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} resources/s")
+
+
 @cli.command("import")
 def import_command(
     paths: list[str] = typer.Argument(..., help="FHIR JSON files (a resource or a Bundle), .ndjson files, or "
@@ -188,7 +197,8 @@ def import_command(
 
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)  # counts only; masked like every log
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                  TimeElapsedColumn()) as bar:
         tasks: dict[str, int] = {}
 
         def progress(path: str, done: int, total: int) -> None:

@@ -285,4 +285,5 @@ def test_cli_import_exits_non_zero_and_lists_the_bad_line(settings, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stderr
     assert "1 created" in done.stdout and "1 failed" in done.stdout
+    assert "resources/s" in done.stdout  # the progress bar shows the pace
     assert f"{path}:2: not valid JSON" in done.stderr
