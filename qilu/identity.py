@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,13 +15,13 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 from structlog import get_logger
 
+from qilu.cache import AnnouncedCache, channel_of
+
 Role = Literal["patient", "practitioner", "admin"]
 ROLES: tuple[Role, ...] = ("patient", "practitioner", "admin")
 USERS = "users"
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
-# How long a process trusts a user it read without hearing of a change (a bound, should an announcement be lost).
-CACHE_S = 60.0
 log = get_logger("qilu.identity")
 
 _hasher = PasswordHasher()
@@ -80,62 +79,34 @@ class UserDirectory:
     def __init__(self, db: AsyncIOMotorDatabase, redis: Any = None):
         self.users = db[USERS]
         self.redis = redis
-        self.channel = f"qilu:{db.name}:users-changed"
-        self._cache: dict[str, tuple[User, float]] = {}
-        self._heard = 0  # announcements heard: a read that began before one is not kept
-        self._listening = False
+        self.db_name = db.name
+        self._cache = AnnouncedCache("users")
         self._listener: asyncio.Task | None = None
 
     # --- the cache of the user check ---
 
     def start(self) -> None:
         if self.redis is not None and self._listener is None:
-            self._listener = asyncio.create_task(self._listen())
+            self._listener = asyncio.create_task(self._cache.listen(self.redis, self.db_name))
+
+    @property
+    def listening(self) -> bool:
+        return self._cache.listening
 
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)
             self._listener = None
-        self._forget_all()
-
-    def _forget_all(self) -> None:
-        self._listening = False
-        self._cache.clear()
-        self._heard += 1
-
-    async def _listen(self) -> None:
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.channel)
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    if message["type"] == "subscribe":
-                        self._listening = True  # from here on, every change is heard
-                    elif message["type"] == "message":
-                        self._cache.pop(message["data"].decode(), None)
-                        self._heard += 1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - Redis away: ask the database until it is back
-                if self._listening:
-                    log.warning("user changes not heard; checking users in the database", error=str(exc))
-                self._forget_all()
-                await asyncio.sleep(1.0)
-            finally:
-                await asyncio.shield(pubsub.aclose())
+        self._cache.forget_all()
 
     async def _announce(self, user_id: str) -> None:
-        self._cache.pop(user_id, None)
-        self._heard += 1
+        self._cache.forget([user_id])
         if self.redis is None:
             return
         try:
-            await self.redis.publish(self.channel, user_id)
-        except Exception as exc:  # noqa: BLE001 - the other processes stop trusting their copy within CACHE_S
+            await self.redis.publish(channel_of(self.db_name, "users"), user_id)
+        except Exception as exc:  # noqa: BLE001 - the other processes stop trusting their copy within TRUSTED_S
             log.warning("a user change was not announced", error=str(exc))
 
     async def add(self, *, login: str, password: str, role: Role, display_name: str, fhir_user: str | None = None,
@@ -157,13 +128,13 @@ class UserDirectory:
     async def get(self, user_id: str) -> User | None:
         """The user if active (the check every request makes)."""
         cached = self._cache.get(user_id)
-        if cached is not None and self._listening and time.monotonic() - cached[1] < CACHE_S:
-            return cached[0]
-        heard = self._heard
+        if cached is not None:
+            return cached
+        token = self._cache.reading()
         doc = await self.users.find_one({"_id": user_id, "active": True})
         user = User.from_document(doc) if doc else None
-        if user is not None and self._listening and heard == self._heard:
-            self._cache[user_id] = (user, time.monotonic())
+        if user is not None:
+            self._cache.keep(user_id, user, token)
         return user
 
     async def by_login(self, login: str) -> User | None:

@@ -34,7 +34,7 @@ class UserFinds(monitoring.CommandListener):
 
 async def _listening(directory: UserDirectory) -> None:
     for _ in range(100):
-        if directory._listening:
+        if directory.listening:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the directory never heard its channel")
