@@ -339,7 +339,6 @@ class Reach:
         self.store = store
         self.sharing = Sharing(store)
         self._registered: set[str] = set()  # patients this request registers (new ids) at the caller's hospital
-        self.patients_read: dict[str, dict[str, Any]] = {}  # Patient documents the checks read, by id
 
     @property
     def is_system(self) -> bool:
@@ -368,32 +367,33 @@ class Reach:
         if self.caller is not None and self.caller.role == "practitioner" and organization == self.caller.organization:
             self._registered.add(patient_id)
 
-    async def managed_among(self, patient_ids: set[str]) -> set[str]:
-        """Which of these patients the practitioner's organization manages, as their own Patient documents
-        say: one record's check costs a look at its patients, not a list of the whole hospital's."""
-        if not patient_ids or self.caller is None or not self.caller.organization:
-            return set()
-        # Tombstones count too, so a deleted patient of this hospital reads as deleted (410), not unknown.
-        documents = await self.store.find_by_ids("Patient", sorted(patient_ids), include_deleted=True)
-        self.patients_read.update((d["_id"], d) for d in documents)
-        return self._managed_in(documents) | ((patient_ids - {d["_id"] for d in documents}) & self._registered)
-
     def _managed_in(self, documents: list[dict[str, Any]]) -> set[str]:
         return {d["_id"] for d in documents
                 if self.caller.organization in ((d.get("sp") or {}).get("organization") or [])}
 
     async def relations(self, patient_ids: set[str]) -> dict[str, str]:
-        """How the caller stands to each of these patients."""
+        """How the caller stands to each of these patients. A practitioner's is decided by each patient's
+        managing hospital and shares (ehr/sharing.py): a look at those patients, not a list of the hospital's,
+        and no look at all for patients this process keeps."""
         caller = self.caller
         if caller.role == "admin":
             return {pid: ADMIN for pid in patient_ids}
         if caller.role == "patient":
             return {pid: SELF if pid == caller.patient_id else OTHER_PATIENT for pid in patient_ids}
-        if caller.role != "practitioner":
+        if caller.role != "practitioner" or not caller.organization:
             return {pid: UNRELATED for pid in patient_ids}
-        managed = await self.managed_among(patient_ids)
-        shared = await self.sharing.shared_with(patient_ids - managed, caller.organization)
-        return {pid: MANAGING if pid in managed else SHARED if pid in shared else UNRELATED for pid in patient_ids}
+        reached = await self.sharing.reached(patient_ids) if patient_ids else {}
+        now = self.sharing.clock()
+
+        def relation(pid: str) -> str:
+            # Deleted patients count too, so a deleted patient of this hospital reads as deleted (410).
+            if pid not in reached:
+                return MANAGING if pid in self._registered else UNRELATED
+            if caller.organization in reached[pid].managing:
+                return MANAGING
+            return SHARED if reached[pid].shared_with(caller.organization, now) else UNRELATED
+
+        return {pid: relation(pid) for pid in patient_ids}
 
     async def relation(self, patient_id: str, document: dict[str, Any] | None = None) -> str:
         """How the caller stands to one patient; with the Patient document in hand, no look-up for its hospital."""
@@ -444,7 +444,7 @@ class Reach:
         if resource_type in MAY_NAME_NO_PATIENT:
             reached.append(EVERY_PRACTITIONER)
         condition: dict[str, Any] = {"reach": reached[0] if len(reached) == 1 else {"$in": reached}}
-        revoking = await self.store.revoking_for(self.caller.organization) if self.caller.organization else []
+        revoking = sorted(await self.sharing.revoking_for(self.caller.organization)) if self.caller.organization else []
         if revoking:
             # Revoked, and not yet written to every resource: out of this hospital's searches already.
             condition = {"$and": [condition, {"compartment": {"$nin": [f"Patient/{p}" for p in revoking]}}]}

@@ -244,9 +244,9 @@ class RecordService:
         if self.reach is not None:
             await self.reach.check_write(resource_type, resource, previous, document["compartment"], transfer=transfer)
         if resource_type in REACHED_TYPES:
-            # The access check has read the patients' documents already: the reach takes them from it.
-            document["reach"] = await self.sharing.reach_of_document(
-                resource_type, document, previous, self.reach.patients_read if self.reach is not None else None)
+            # The access check has looked at the patients already: the reach finds them kept, while this
+            # process hears of changes (ehr/sharing.py).
+            document["reach"] = await self.sharing.reach_of_document(resource_type, document, previous)
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
         keys = sorted(new_keys - old_keys)

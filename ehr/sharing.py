@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ehr.store import ABANDONED_WRITE_AFTER, REACHED_TYPES, RecordStore
+from ehr.store import (ABANDONED_WRITE_AFTER, PATIENT_REACH_CHANGES, REACHED_TYPES, REVOKING_CHANGES,
+                       RecordStore)
+from qilu.cache import ANNOUNCER
 
 BATCH = 500
 INLINE_BATCHES = 4  # what the request that changes a reach writes itself; the worker does the rest
@@ -56,10 +59,8 @@ def _consent_ends(consent: dict[str, Any]) -> datetime | None:
     return day + timedelta(days=1)
 
 
-def live_shares(reach: dict[str, Any], now: datetime) -> set[str]:
-    """The hospitals a patient's reach document shares with at this moment."""
-    return {share["org"] for share in reach.get("shares") or []
-            if share.get("until") is None or _aware(share["until"]) > now}
+def _shares_of(reach: dict[str, Any] | None) -> tuple[tuple[str, datetime | None], ...]:
+    return tuple((share["org"], share["until"] and _aware(share["until"])) for share in (reach or {}).get("shares") or [])
 
 
 def _aware(moment: datetime) -> datetime:
@@ -68,6 +69,28 @@ def _aware(moment: datetime) -> datetime:
 
 def _managing(patient: dict[str, Any] | None) -> set[str]:
     return set(((patient or {}).get("sp") or {}).get("organization") or [])
+
+
+@dataclass(frozen=True)
+class Reached:
+    """What decides who reads one patient's records: the hospital that manages them (as their Patient document
+    says, a tombstone too) and the shares of their reach document, each with when it ends by the clock."""
+    managing: frozenset[str]
+    shares: tuple[tuple[str, datetime | None], ...]
+
+    def shared_with(self, organization: str, now: datetime) -> bool:
+        return any(org == organization and (until is None or until > now) for org, until in self.shares)
+
+    def orgs(self, now: datetime) -> set[str]:
+        return set(self.managing) | {org for org, _ in self.shares if self.shared_with(org, now)}
+
+
+# What this process knows of patients' reach and of hospitals' revocations under way, kept while it hears every
+# change (the store announces its writes of Patients, reach documents and revocation markers). A share's end by
+# the clock needs no announcement: it is judged at each look.
+PATIENTS_REACHED = ANNOUNCER.cache(PATIENT_REACH_CHANGES)
+REVOKING = ANNOUNCER.cache(REVOKING_CHANGES, size=10_000)
+REACH_CACHES = (PATIENTS_REACHED, REVOKING)
 
 
 class Sharing:
@@ -82,50 +105,77 @@ class Sharing:
 
     # --- asking --------------------------------------------------------------------------------
 
+    async def reached(self, patient_ids: set[str],
+                      patients: dict[str, dict[str, Any]] | None = None) -> dict[str, Reached]:
+        """Each of these patients that exists (a deleted one too), with at most two look-ups in parallel and
+        none for those this process keeps. `patients`: Patient documents that decide the managing hospital
+        instead of the stored ones (about to be written)."""
+        out: dict[str, Reached] = {}
+        given = {pid: patients[pid] for pid in patient_ids if patients and pid in patients}
+        missing = []
+        for pid in sorted(patient_ids):
+            kept = None if pid in given else PATIENTS_REACHED.get(pid)
+            if kept is None:
+                missing.append(pid)
+            else:
+                out[pid] = kept
+        if not missing:
+            return out
+        token = PATIENTS_REACHED.reading()
+        fetched, reaches = await asyncio.gather(
+            self.store.find_by_ids("Patient", [pid for pid in missing if pid not in given], include_deleted=True),
+            self.store.patient_reaches(missing))
+        shares = {reach["_id"]: _shares_of(reach) for reach in reaches}
+        for patient in fetched:
+            out[patient["_id"]] = Reached(frozenset(_managing(patient)), shares.get(patient["_id"], ()))
+            PATIENTS_REACHED.keep(patient["_id"], out[patient["_id"]], token)
+        for pid, patient in given.items():
+            out[pid] = Reached(frozenset(_managing(patient)), shares.get(pid, ()))
+        return out
+
     async def shared_with(self, patient_ids: set[str], organization: str | None) -> set[str]:
-        """Which of these patients `organization` reads through a live share (one look-up)."""
+        """Which of these patients `organization` reads through a live share."""
         if not patient_ids or not organization:
             return set()
         now = self.clock()
-        return {doc["_id"] for doc in await self.store.patient_reaches(sorted(patient_ids))
-                if organization in live_shares(doc, now)}
+        return {pid for pid, reached in (await self.reached(patient_ids)).items()
+                if reached.shared_with(organization, now)}
+
+    async def revoking_for(self, organization: str) -> frozenset[str]:
+        """The patients whose revocation for this hospital is still being written to their resources."""
+        kept = REVOKING.get(organization)
+        if kept is not None:
+            return kept
+        token = REVOKING.reading()
+        patients = frozenset(await self.store.revoking_for(organization))
+        REVOKING.keep(organization, patients, token)
+        return patients
 
     async def reach_of(self, patient_ids: set[str],
-                       patients_read: dict[str, dict[str, Any]] | None = None) -> dict[str, set[str]]:
+                       patients: dict[str, dict[str, Any]] | None = None) -> dict[str, set[str]]:
         """The hospitals each patient's records reach now: the managing one and the live shares.
-        `patients_read`: Patient documents by id that the caller has read already (not read again)."""
-        ids = sorted(patient_ids)
-        known = [patients_read[pid] for pid in ids if patients_read and pid in patients_read]
-        missing = sorted(set(ids) - {doc["_id"] for doc in known})
-        fetched, reaches = await asyncio.gather(self.store.find_by_ids("Patient", missing, include_deleted=True),
-                                                self.store.patient_reaches(ids))
+        `patients`: Patient documents about to be written, whose hospital counts instead of the stored one."""
+        reached = await self.reached(patient_ids, patients)
         now = self.clock()
-        out: dict[str, set[str]] = {pid: set() for pid in ids}
-        for patient in [*known, *fetched]:
-            out[patient["_id"]] |= _managing(patient)
-        for reach in reaches:
-            out[reach["_id"]] |= live_shares(reach, now)
-        return out
+        return {pid: reached[pid].orgs(now) if pid in reached else set() for pid in patient_ids}
 
     async def reaches_for(self, compartments: list[list[str]],
-                          patients_read: dict[str, dict[str, Any]] | None = None) -> list[list[str]]:
+                          patients: dict[str, dict[str, Any]] | None = None) -> list[list[str]]:
         """`reach` for documents of these compartments, with one look-up for all (a batch)."""
-        patients = {member.removeprefix("Patient/") for compartment in compartments for member in compartment}
-        reach = await self.reach_of(patients, patients_read) if patients else {}
+        members = {member.removeprefix("Patient/") for compartment in compartments for member in compartment}
+        reach = await self.reach_of(members, patients) if members else {}
         return [sorted(set().union(*(reach[m.removeprefix("Patient/")] for m in compartment)))
                 if compartment else [EVERY_PRACTITIONER] for compartment in compartments]
 
-    async def reach_of_document(self, resource_type: str, document: dict[str, Any], previous: dict[str, Any] | None,
-                                patients_read: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    async def reach_of_document(self, resource_type: str, document: dict[str, Any],
+                                previous: dict[str, Any] | None) -> list[str]:
         """`reach` of a document about to be written (its sp and compartment made)."""
         if document["deleted"]:
             return list((previous or {}).get("reach") or [])
-        if resource_type == "Patient":
-            # Its managing hospital is the one the new version names, not the stored one's.
-            reaches = await self.store.patient_reaches([document["_id"]])
-            shares = live_shares(reaches[0], self.clock()) if reaches else set()
-            return sorted(_managing(document) | shares)
-        return (await self.reaches_for([document["compartment"]], patients_read))[0]
+        # A Patient's managing hospital is the one the new version names, not the stored one's.
+        patients = {document["_id"]: document} if resource_type == "Patient" else None
+        compartment = [f"Patient/{document['_id']}"] if resource_type == "Patient" else document["compartment"]
+        return (await self.reaches_for([compartment], patients))[0]
 
     # --- changing -------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 
 from ehr.models import RESOURCE_TYPES, RecordError
 from ehr.search import COMPARTMENT_PATHS, SEARCH_PARAMETERS
+from qilu.cache import ANNOUNCER
 
 HISTORY = "resource_history"
 IDENTIFIER_KEYS = "identifier_keys"
@@ -26,6 +27,10 @@ PATIENT_REACH = "patient_reach"
 REACH_GRANTS = "reach_grants"
 REACH_REVOKING = "reach_revoking"
 REINDEX_STATE = "reindex_state"  # where a `qilu reindex` stopped, per collection
+# What processes keep of those (ehr/sharing.py) and forget when the store announces a write: a patient's
+# managing hospital and shares, by patient id; the revocations under way, by hospital.
+PATIENT_REACH_CHANGES = "patient-reach"
+REVOKING_CHANGES = "revoking"
 
 
 # A version or identifier claim whose write has not finished this long after was left by a writer that died.
@@ -106,6 +111,13 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     await db[REACH_REVOKING].create_index([("org", ASCENDING)], name="mk_org")
 
 
+async def _patients_written(resource_type: str, patient_ids: list[str]) -> None:
+    """Patients whose stored document changed: every process forgets what it kept of their managing hospital.
+    A first version needs no announcement, since nobody keeps what did not exist."""
+    if resource_type == "Patient":
+        await ANNOUNCER.announce(PATIENT_REACH_CHANGES, patient_ids)
+
+
 async def _insert_unordered(collection: Any, documents: list[dict[str, Any]]) -> set[int]:
     """Insert documents in one unordered round trip; the indexes of those whose _id was taken. Any other
     write error is raised: nothing is known of what it kept out."""
@@ -167,6 +179,7 @@ class RecordStore:
         """Replace the current version only if it is still `expected_vid` (optimistic lock)."""
         with _fits():
             result = await self.db[resource_type].replace_one({"_id": resource_id, "vid": expected_vid}, document)
+        await _patients_written(resource_type, [resource_id])
         return result.matched_count == 1
 
     async def restore(self, resource_type: str, previous: dict[str, Any] | None, resource_id: str) -> None:
@@ -175,6 +188,7 @@ class RecordStore:
             await self.db[resource_type].delete_one({"_id": resource_id})
         else:
             await self.db[resource_type].replace_one({"_id": resource_id}, previous)
+        await _patients_written(resource_type, [resource_id])
 
     async def find(self, resource_type: str, query: dict[str, Any], *, sort: list[tuple[str, int]],
                    skip: int = 0, limit: int = 20) -> list[dict[str, Any]]:
@@ -267,6 +281,7 @@ class RecordStore:
         doc = await self.db[PATIENT_REACH].find_one_and_update(
             {"_id": patient_id}, {"$set": {**fields, "pending": True, "cursor": None}, "$inc": {"gen": 1}},
             upsert=True, return_document=ReturnDocument.AFTER)
+        await ANNOUNCER.announce(PATIENT_REACH_CHANGES, [patient_id])
         return doc["gen"]
 
     async def save_reach_cursor(self, patient_id: str, gen: int, cursor: dict[str, Any]) -> bool:
@@ -298,6 +313,7 @@ class RecordStore:
             await self.db[REACH_REVOKING].update_one(
                 {"_id": f"{organization}|{patient_id}"},
                 {"$set": {"org": organization, "patient": patient_id, "settle_after": None}}, upsert=True)
+        await ANNOUNCER.announce(REVOKING_CHANGES, organizations)
 
     async def revoking_for(self, organization: str) -> list[str]:
         """Ids of the patients whose revocation for this hospital is still being written."""
@@ -313,6 +329,7 @@ class RecordStore:
 
     async def remove_revoking(self, marker_id: str) -> None:
         await self.db[REACH_REVOKING].delete_one({"_id": marker_id})
+        await ANNOUNCER.announce(REVOKING_CHANGES, [marker_id.split("|", 1)[0]])
 
     async def reach_batch(self, resource_type: str, history: bool, patient_ref: str, after: str,
                           limit: int) -> list[dict[str, Any]]:
@@ -362,6 +379,8 @@ class RecordStore:
             collection = self.db[HISTORY] if history else self.db[resource_type]
             await collection.bulk_write([UpdateOne({"_id": _id, "vid": vid}, {"$set": fields})
                                          for _id, vid, fields in changes], ordered=False)
+            if not history:
+                await _patients_written(resource_type, [_id for _id, _, _ in changes])
 
     async def reindex_cursor(self, key: str) -> str | None:
         found = await self.db[REINDEX_STATE].find_one({"_id": key})
@@ -403,6 +422,7 @@ class RecordStore:
         collection = self.db[resource_type]
         result = await collection.bulk_write([ReplaceOne({"_id": doc["_id"], "vid": expected}, doc)
                                               for expected, doc in replacements], ordered=False)
+        await _patients_written(resource_type, [doc["_id"] for _, doc in replacements])
         if result.matched_count == len(replacements):
             return [True] * len(replacements)
         # Which ones missed: each writer holds its new version's history entry, so a document now at that

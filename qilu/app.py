@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 
 import structlog
@@ -14,6 +15,7 @@ from ehr import store as ehr_store
 from ehr.cards import CardRefused
 from ehr.models import RecordError
 from ehr.service import RecordService
+from ehr.sharing import REACH_CACHES
 from ehr.store import RecordStore
 from ehr.tasks import bulk_exports
 from qilu import audit, auth, identity, ops, users, web
@@ -88,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.redis = connect_redis(settings)
         app.state.users = UserDirectory(app.state.db, app.state.redis)
         app.state.users.start()
+        # What the access decisions keep of patients' reach, heard of while the app runs (ehr/sharing.py).
+        app.state.reach_listeners = [asyncio.create_task(cache.listen(app.state.redis, settings.mongodb_db))
+                                     for cache in REACH_CACHES]
         app.state.tokens = TokenService(settings, app.state.keys, app.state.redis, app.state.users)
         # The audit trail and the access log live in the record; auth and audit reach them through these.
         records = RecordService(RecordStore(app.state.db), settings.base_url + "/fhir")
@@ -110,6 +115,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.consults.stop()
             await app.state.users.stop()
+            for listener in app.state.reach_listeners:
+                listener.cancel()
+            await asyncio.gather(*app.state.reach_listeners, return_exceptions=True)
             await app.state.redis.aclose()
             app.state.mongo.close()
 

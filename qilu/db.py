@@ -10,6 +10,7 @@ from contextvars import ContextVar
 from motor.motor_asyncio import AsyncIOMotorClient, AsyncIOMotorDatabase
 from pymongo import monitoring
 
+from qilu.cache import ANNOUNCER
 from qilu.settings import Settings
 
 class EngineCommands:
@@ -55,6 +56,8 @@ def counting_engine_commands() -> Iterator[EngineCommands]:
 
 
 def connect_mongodb(settings: Settings) -> AsyncIOMotorClient:
+    # Every process that writes the record opens it here, so every one announces the changes others keep.
+    ANNOUNCER.configure(settings)
     # tz_aware so datetimes read back carry UTC, as they were written.
     return AsyncIOMotorClient(settings.effective_mongodb_url, tz_aware=True, uuidRepresentation="standard",
                               serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
