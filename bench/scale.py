@@ -251,7 +251,9 @@ async def grow_and_measure(args: argparse.Namespace) -> None:
                         await send_referrals(county, people)
                 by_size[size] = await measure_size(run, people, size, args.n, server.pid, worker.pid,
                                                    args.budget_seconds)
-            print_results(by_size, loads)
+                # The tables so far, at every size: a run of hours stopped early keeps what it measured.
+                print_results(by_size, loads)
+                sys.stdout.flush()
         finally:
             stop_server(worker)
 
