@@ -16,7 +16,7 @@ Then the ratio of the largest size to the smallest of each (flat is 1.0; the tar
 search as a multiple of the read at every size (Observation?subject&code: at most 3).
 
     .venv/bin/python bench/scale.py                       # 1,000 and 10,000 patients: about 15 minutes
-    .venv/bin/python bench/scale.py --sizes 1000,10000,100000 --n 40   # the issue's sizes: a few hours
+    .venv/bin/python bench/scale.py --sizes 1000,10000,100000 --n 30   # the issue's sizes: about an hour
 """
 
 from __future__ import annotations

@@ -119,7 +119,8 @@ class Announcer:
     def configure(self, settings: Settings) -> None:
         # The first database a process opens is the one it serves (a test's second app uses the same channel).
         if self._client is None:
-            self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+            # Short timeouts: a write waits for its announcement, and Redis is on this machine's loopback.
+            self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
             self._db_name = settings.mongodb_db
 
     def cache(self, topic: str, **options: Any) -> AnnouncedCache:
