@@ -391,7 +391,7 @@ class Reach:
                 return MANAGING if pid in self._registered else UNRELATED
             if caller.organization in reached[pid].managing:
                 return MANAGING
-            return SHARED if reached[pid].shared_with(caller.organization, now) else UNRELATED
+            return SHARED if caller.organization in reached[pid].shared(now) else UNRELATED
 
         return {pid: relation(pid) for pid in patient_ids}
 

@@ -78,11 +78,12 @@ class Reached:
     managing: frozenset[str]
     shares: tuple[tuple[str, datetime | None], ...]
 
-    def shared_with(self, organization: str, now: datetime) -> bool:
-        return any(org == organization and (until is None or until > now) for org, until in self.shares)
+    def shared(self, now: datetime) -> set[str]:
+        """The hospitals shared with at this moment."""
+        return {org for org, until in self.shares if until is None or until > now}
 
     def orgs(self, now: datetime) -> set[str]:
-        return set(self.managing) | {org for org, _ in self.shares if self.shared_with(org, now)}
+        return set(self.managing) | self.shared(now)
 
 
 # What this process knows of patients' reach and of hospitals' revocations under way, kept while it hears every
@@ -139,7 +140,7 @@ class Sharing:
             return set()
         now = self.clock()
         return {pid for pid, reached in (await self.reached(patient_ids)).items()
-                if reached.shared_with(organization, now)}
+                if organization in reached.shared(now)}
 
     async def revoking_for(self, organization: str) -> frozenset[str]:
         """The patients whose revocation for this hospital is still being written to their resources."""

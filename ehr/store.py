@@ -111,13 +111,6 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     await db[REACH_REVOKING].create_index([("org", ASCENDING)], name="mk_org")
 
 
-async def _patients_written(resource_type: str, patient_ids: list[str]) -> None:
-    """Patients whose stored document changed: every process forgets what it kept of their managing hospital.
-    A first version needs no announcement, since nobody keeps what did not exist."""
-    if resource_type == "Patient":
-        await ANNOUNCER.announce(PATIENT_REACH_CHANGES, patient_ids)
-
-
 async def _insert_unordered(collection: Any, documents: list[dict[str, Any]]) -> set[int]:
     """Insert documents in one unordered round trip; the indexes of those whose _id was taken. Any other
     write error is raised: nothing is known of what it kept out."""
@@ -160,6 +153,12 @@ class RecordStore:
     def __init__(self, db: AsyncIOMotorDatabase):
         self.db = db
 
+    async def _patients_written(self, resource_type: str, patient_ids: list[str]) -> None:
+        """Patients whose stored document changed: every process forgets what it kept of their managing hospital.
+        A first version needs no announcement, since nobody keeps what did not exist."""
+        if resource_type == "Patient":
+            await ANNOUNCER.announce(self.db.name, PATIENT_REACH_CHANGES, patient_ids)
+
     # --- current versions ---------------------------------------------------------------------
 
     async def get(self, resource_type: str, resource_id: str) -> dict[str, Any] | None:
@@ -179,7 +178,7 @@ class RecordStore:
         """Replace the current version only if it is still `expected_vid` (optimistic lock)."""
         with _fits():
             result = await self.db[resource_type].replace_one({"_id": resource_id, "vid": expected_vid}, document)
-        await _patients_written(resource_type, [resource_id])
+        await self._patients_written(resource_type, [resource_id])
         return result.matched_count == 1
 
     async def restore(self, resource_type: str, previous: dict[str, Any] | None, resource_id: str) -> None:
@@ -188,7 +187,7 @@ class RecordStore:
             await self.db[resource_type].delete_one({"_id": resource_id})
         else:
             await self.db[resource_type].replace_one({"_id": resource_id}, previous)
-        await _patients_written(resource_type, [resource_id])
+        await self._patients_written(resource_type, [resource_id])
 
     async def find(self, resource_type: str, query: dict[str, Any], *, sort: list[tuple[str, int]],
                    skip: int = 0, limit: int = 20) -> list[dict[str, Any]]:
@@ -281,7 +280,7 @@ class RecordStore:
         doc = await self.db[PATIENT_REACH].find_one_and_update(
             {"_id": patient_id}, {"$set": {**fields, "pending": True, "cursor": None}, "$inc": {"gen": 1}},
             upsert=True, return_document=ReturnDocument.AFTER)
-        await ANNOUNCER.announce(PATIENT_REACH_CHANGES, [patient_id])
+        await ANNOUNCER.announce(self.db.name, PATIENT_REACH_CHANGES, [patient_id])
         return doc["gen"]
 
     async def save_reach_cursor(self, patient_id: str, gen: int, cursor: dict[str, Any]) -> bool:
@@ -313,7 +312,7 @@ class RecordStore:
             await self.db[REACH_REVOKING].update_one(
                 {"_id": f"{organization}|{patient_id}"},
                 {"$set": {"org": organization, "patient": patient_id, "settle_after": None}}, upsert=True)
-        await ANNOUNCER.announce(REVOKING_CHANGES, organizations)
+        await ANNOUNCER.announce(self.db.name, REVOKING_CHANGES, organizations)
 
     async def revoking_for(self, organization: str) -> list[str]:
         """Ids of the patients whose revocation for this hospital is still being written."""
@@ -329,7 +328,7 @@ class RecordStore:
 
     async def remove_revoking(self, marker_id: str) -> None:
         await self.db[REACH_REVOKING].delete_one({"_id": marker_id})
-        await ANNOUNCER.announce(REVOKING_CHANGES, [marker_id.split("|", 1)[0]])
+        await ANNOUNCER.announce(self.db.name, REVOKING_CHANGES, [marker_id.split("|", 1)[0]])
 
     async def reach_batch(self, resource_type: str, history: bool, patient_ref: str, after: str,
                           limit: int) -> list[dict[str, Any]]:
@@ -380,7 +379,7 @@ class RecordStore:
             await collection.bulk_write([UpdateOne({"_id": _id, "vid": vid}, {"$set": fields})
                                          for _id, vid, fields in changes], ordered=False)
             if not history:
-                await _patients_written(resource_type, [_id for _id, _, _ in changes])
+                await self._patients_written(resource_type, [_id for _id, _, _ in changes])
 
     async def reindex_cursor(self, key: str) -> str | None:
         found = await self.db[REINDEX_STATE].find_one({"_id": key})
@@ -422,7 +421,7 @@ class RecordStore:
         collection = self.db[resource_type]
         result = await collection.bulk_write([ReplaceOne({"_id": doc["_id"], "vid": expected}, doc)
                                               for expected, doc in replacements], ordered=False)
-        await _patients_written(resource_type, [doc["_id"] for _, doc in replacements])
+        await self._patients_written(resource_type, [doc["_id"] for _, doc in replacements])
         if result.matched_count == len(replacements):
             return [True] * len(replacements)
         # Which ones missed: each writer holds its new version's history entry, so a document now at that

@@ -114,14 +114,11 @@ class Announcer:
     def __init__(self) -> None:
         self._caches: dict[str, list[AnnouncedCache]] = {}
         self._client: redis.Redis | None = None
-        self._db_name = ""
 
     def configure(self, settings: Settings) -> None:
-        # The first database a process opens is the one it serves (a test's second app uses the same channel).
         if self._client is None:
             # Short timeouts: a write waits for its announcement, and Redis is on this machine's loopback.
             self._client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=0.5, socket_timeout=1)
-            self._db_name = settings.mongodb_db
 
     def cache(self, topic: str, **options: Any) -> AnnouncedCache:
         """A cache of this process that the announcements of `topic` empty."""
@@ -129,7 +126,8 @@ class Announcer:
         self._caches.setdefault(topic, []).append(cache)
         return cache
 
-    async def announce(self, topic: str, keys: Iterable[str]) -> None:
+    async def announce(self, db_name: str, topic: str, keys: Iterable[str]) -> None:
+        """`keys` of `topic` changed in database `db_name`."""
         keys = sorted(set(keys))
         if not keys:
             return
@@ -138,7 +136,7 @@ class Announcer:
         if self._client is None:
             return  # this process announces to nobody (a test's own store, a script)
         try:
-            await asyncio.to_thread(self._client.publish, channel_of(self._db_name, topic), "\n".join(keys))
+            await asyncio.to_thread(self._client.publish, channel_of(db_name, topic), "\n".join(keys))
         except Exception as exc:  # noqa: BLE001 - the others stop trusting their copy within TRUSTED_S
             log.warning("a change was not announced", topic=topic, error=str(exc))
 

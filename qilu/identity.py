@@ -13,16 +13,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from motor.motor_asyncio import AsyncIOMotorDatabase
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
-from structlog import get_logger
 
-from qilu.cache import AnnouncedCache, channel_of
+from qilu.cache import ANNOUNCER, AnnouncedCache
 
 Role = Literal["patient", "practitioner", "admin"]
 ROLES: tuple[Role, ...] = ("patient", "practitioner", "admin")
 USERS = "users"
 MAX_FAILED_LOGINS = 5
 LOCKOUT = timedelta(minutes=15)
-log = get_logger("qilu.identity")
 
 _hasher = PasswordHasher()
 # Compared against when the login is unknown, so a wrong login costs as much time as a wrong password.
@@ -72,9 +70,10 @@ def _normalise_login(login: str) -> str:
 
 
 class UserDirectory:
-    """The users. With `redis`, the user check every request makes (`get`) is answered from this process's
-    memory, and every change is announced on Redis so that every process forgets that user at once; while this
-    process is not hearing the announcements (Redis away, or before it has subscribed), it asks the database."""
+    """The users. With `redis` to listen on, the user check every request makes (`get`) is answered from this
+    process's memory; every change is announced on Redis (qilu.cache.ANNOUNCER) so that every process forgets
+    that user at once; while this process is not hearing the announcements (Redis away, or before it has
+    subscribed), it asks the database."""
 
     def __init__(self, db: AsyncIOMotorDatabase, redis: Any = None):
         self.users = db[USERS]
@@ -101,13 +100,9 @@ class UserDirectory:
         self._cache.forget_all()
 
     async def _announce(self, user_id: str) -> None:
+        # Announced by the process's announcer, so a change made by a command or a worker is heard too.
         self._cache.forget([user_id])
-        if self.redis is None:
-            return
-        try:
-            await self.redis.publish(channel_of(self.db_name, "users"), user_id)
-        except Exception as exc:  # noqa: BLE001 - the other processes stop trusting their copy within TRUSTED_S
-            log.warning("a user change was not announced", error=str(exc))
+        await ANNOUNCER.announce(self.db_name, "users", [user_id])
 
     async def add(self, *, login: str, password: str, role: Role, display_name: str, fhir_user: str | None = None,
                   organization: str | None = None, practitioner: str | None = None) -> User:

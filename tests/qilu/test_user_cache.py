@@ -110,3 +110,16 @@ async def test_without_redis_every_check_asks_the_database(app, settings):
         await directory.stop()
         await nowhere.aclose()
         client.close()
+
+
+async def test_a_change_made_by_a_command_or_a_worker_is_heard_too(app, process):
+    """A directory with no Redis of its own (the command line's, a worker task's) still announces its changes."""
+    directory, _ = process
+    user_id = await _someone(app)
+    assert (await directory.get(user_id)).id == user_id
+    await UserDirectory(app.state.db).change(user_id, {"active": False})
+    for _ in range(40):
+        if await directory.get(user_id) is None:
+            break
+        await asyncio.sleep(0.05)
+    assert await directory.get(user_id) is None
