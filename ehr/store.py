@@ -18,6 +18,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError
 from ehr.models import RESOURCE_TYPES, RecordError
 from ehr.search import COMPARTMENT_PATHS, SEARCH_PARAMETERS
 from qilu.cache import ANNOUNCER
+from qilu.db import is_embedded_engine
 
 HISTORY = "resource_history"
 IDENTIFIER_KEYS = "identifier_keys"
@@ -52,11 +53,6 @@ def history_entry(resource_type: str, resource_id: str, vid: int, updated: datet
     return {"_id": history_id(resource_type, resource_id, vid), "type": resource_type, "id": resource_id,
             "vid": vid, "updated": updated, "method": method, "resource": resource, "write": write_id,
             "compartment": compartment, "reach": reach}
-
-
-async def is_embedded_engine(db: AsyncIOMotorDatabase) -> bool:
-    """True on FerretDB (the embedded engine), whose build keeps mk_ indexes in side tables."""
-    return "ferretdbVersion" in await db.command("buildInfo")
 
 
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:

@@ -71,3 +71,8 @@ async def ping_mongodb(client: AsyncIOMotorClient, timeout_s: float = 2.0) -> No
 
 def database(client: AsyncIOMotorClient, settings: Settings) -> AsyncIOMotorDatabase:
     return client[settings.mongodb_db]
+
+
+async def is_embedded_engine(db: AsyncIOMotorDatabase) -> bool:
+    """True on FerretDB (the embedded engine), whose build keeps mk_ indexes in side tables."""
+    return "ferretdbVersion" in await db.command("buildInfo")
