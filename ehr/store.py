@@ -91,7 +91,12 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
                 await collection.drop_index(index["name"])
     history = db[HISTORY]
     wanted = {"_id_", "mk_instance", "mk_type_compartment", "mk_type_reach", "type_updated", "updated"}
-    # An instance's versions, and a type's versions within patients' compartments or a hospital's reach.
+    # An instance's versions, and a type's versions within patients' compartments or a hospital's reach. The
+    # embedded engine narrows only through an index whose every field the filter gives, so a type's versions
+    # alone need their own there; MongoDB reads them through the first field of mk_instance.
+    if compound:
+        wanted.add("mk_type")
+        await history.create_index([("type", ASCENDING)], name="mk_type")
     await history.create_index([("type", ASCENDING), ("id", ASCENDING)], name="mk_instance")
     await history.create_index([("type", ASCENDING), ("compartment", ASCENDING)], name="mk_type_compartment")
     await history.create_index([("type", ASCENDING), ("reach", ASCENDING)], name="mk_type_reach")

@@ -21,7 +21,7 @@ from qilu.settings import Settings
 
 FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
 # Bumped whenever install_ferretdb changes what it builds.
-FERRETDB_BUILD = "qilu5"
+FERRETDB_BUILD = "qilu6"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -232,11 +232,14 @@ SQLITE_EDITS = [
      "\tif params.Filter.Len() >= 1 {\n", 2),
     # Otherwise narrow through a list of ids or an `mk_` index (qilu_pushdown.go), in find and in explain alike.
     ("internal/backends/sqlite/collection.go", "\tq += whereClause\n\tq += prepareOrderByClause(params.Sort)\n",
-     "\tif whereClause == \"\" {\n\t\twhereClause, args = qiluWhere(meta, params.Filter)\n\t}\n\n"
-     "\tq += whereClause\n\tq += prepareOrderByClause(params.Sort)\n", 1),
-    ("internal/backends/sqlite/collection.go", "\torderByClause := prepareOrderByClause(params.Sort)\n",
-     "\tif whereClause == \"\" {\n\t\twhereClause, args = qiluWhere(meta, params.Filter)\n"
-     "\t\tfilterPushdown = whereClause != \"\"\n\t}\n\n\torderByClause := prepareOrderByClause(params.Sort)\n", 1),
+     "\tif whereClause == \"\" {\n\t\tq, args, _ = qiluQuery(ctx, db, meta, params.Filter, params.Sort, q)\n"
+     "\t} else {\n\t\tq += whereClause\n\t\tq += prepareOrderByClause(params.Sort)\n\t}\n", 1),
+    ("internal/backends/sqlite/collection.go",
+     "\tq := `EXPLAIN QUERY PLAN ` + selectClause + whereClause + orderByClause\n",
+     "\tq := `EXPLAIN QUERY PLAN ` + selectClause + whereClause + orderByClause\n\n"
+     "\tif whereClause == \"\" {\n\t\tvar narrowed string\n"
+     "\t\tnarrowed, args, filterPushdown = qiluQuery(ctx, db, meta, params.Filter, params.Sort, selectClause)\n"
+     "\t\tq = `EXPLAIN QUERY PLAN ` + narrowed\n\t}\n", 1),
     # An `mk_` index is made, and dropped, with its side table (qilu_multikey.go).
     ("internal/backends/sqlite/metadata/registry.go", "\t\tcreated = append(created, index.Name)\n",
      "\t\tif IsMultikey(index) {\n"

@@ -19,6 +19,7 @@ from pymongo.errors import DuplicateKeyError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from qilu.db import is_embedded_engine
 from referral.models import EVENTS_KEPT, EVENTS_STREAM
 
 REFERRALS = "referrals"
@@ -31,11 +32,17 @@ STALE_CLAIM = timedelta(seconds=30)
 async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     """The `mk_` names let the embedded FerretDB search by them too (qilu/ferretdb/): a hospital's inbox, the
     deadline sweep and a patient's referrals then read their own referrals, not the province's. `share.org`
-    crosses a list of documents, which an `mk_` index may not, so it stays an ordinary index."""
+    crosses a list of documents, which an `mk_` index may not, so it stays an ordinary index. The embedded engine
+    narrows only through an index whose every field the filter gives, so the fields asked alone (a box of
+    every status, the referrals past a deadline by status) get their own there; MongoDB reads the first field
+    of the compound index."""
     referrals = db[REFERRALS]
     await referrals.create_index([("target", ASCENDING), ("status", ASCENDING)], name="mk_target_status")
     await referrals.create_index([("origin", ASCENDING), ("status", ASCENDING)], name="mk_origin_status")
     await referrals.create_index([("status", ASCENDING), ("deadline", ASCENDING)], name="mk_status_deadline")
+    if await is_embedded_engine(db):
+        for field in ("target", "origin", "status"):
+            await referrals.create_index([(field, ASCENDING)], name=f"mk_{field}")
     await referrals.create_index([("patient", ASCENDING)], name="mk_patient")
     await referrals.create_index([("share.org", ASCENDING)], name="share_org")
     await referrals.create_index([("outbox_pending", ASCENDING)], name="mk_outbox_pending")

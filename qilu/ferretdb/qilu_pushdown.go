@@ -3,12 +3,14 @@
 // FerretDB's SQLite backend narrows only by `_id` equality and applies the whole filter in Go to what SQLite
 // returns, so what is narrowed here needs only to hold every match (a superset is correct, just slower). Two
 // more narrowings are added: `_id` in a list, and the conditions an "mk_" multikey index covers
-// (qilu_multikey.go). The index read is chosen by how many of its leading fields the filter fixes (a tie goes
-// to the index created first); other indexes narrowing fields it leaves open are asked about each of its rows.
+// (qilu_multikey.go). The index read is the one with the most fields, all of them narrowed by the filter (a
+// tie goes to the one with fewer rows for the filter); other indexes narrowing fields it leaves open are
+// asked about each of its rows. Where the index's rows come in `_id` order, the documents are streamed so.
 
 package sqlite
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/FerretDB/FerretDB/internal/backends/sqlite/metadata"
 	"github.com/FerretDB/FerretDB/internal/handler/sjson"
 	"github.com/FerretDB/FerretDB/internal/types"
+	"github.com/FerretDB/FerretDB/internal/util/fsql"
 	"github.com/FerretDB/FerretDB/internal/util/must"
 )
 
@@ -29,34 +32,158 @@ type keyCondition struct {
 	ranges [][2]any // [low, high) each; a nil bound is open
 }
 
-// qiluWhere is the WHERE clause narrowing the filter's matches, or "" when nothing can narrow them.
-func qiluWhere(meta *metadata.Collection, filter *types.Document) (clause string, args []any) {
+// qiluQuery is the SQL of a find (or count, update, delete) that nothing else narrows: selectClause narrowed
+// through a list of `_id`s or an mk_ index when the filter allows, in the order asked (sort is empty, by
+// `_id`, or `$natural`). narrowed tells whether anything narrows it.
+//
+// When the index read fixes each of its fields to one value, its rows come in `id` order, so the documents
+// are joined to them as they come: SQLite streams the matches in `_id` order and stops when FerretDB has
+// what it asked for (a page of twenty, or a count up to a hundred, reads about that many, not every match).
+// Otherwise the ids are gathered first and the documents read by them.
+func qiluQuery(ctx context.Context, db *fsql.DB, meta *metadata.Collection, filter, sort *types.Document,
+	selectClause string,
+) (q string, args []any, narrowed bool) {
+	plain := selectClause + prepareOrderByClause(sort)
+
 	defer func() {
 		if recover() != nil {
-			clause, args = "", nil // not narrowing is always correct
+			q, args, narrowed = plain, nil, false // not narrowing is always correct
 		}
 	}()
 
-	if filter == nil || filter.Len() == 0 {
-		return "", nil
+	if filter == nil || filter.Len() == 0 || meta.Capped() {
+		return plain, nil, false
 	}
 
 	conditions := map[string][]keyCondition{}
 	collectConditions(filter, conditions, 0)
 
 	if ids, ok := idList(conditions["_id"]); ok {
-		marks := make([]string, len(ids))
 		args := make([]any, len(ids))
-
 		for i, id := range ids {
-			marks[i] = "?"
 			args[i] = string(must.NotFail(sjson.MarshalSingleValue(id)))
 		}
 
-		return fmt.Sprintf(` WHERE %s IN (%s)`, metadata.IDColumn, strings.Join(marks, ", ")), args
+		return selectClause + " WHERE " + inList(metadata.IDColumn, args) + prepareOrderByClause(sort), args, true
 	}
 
-	var best *metadata.IndexInfo
+	best, used := chooseIndex(ctx, db, meta, conditions)
+	if best == nil {
+		return plain, nil, false
+	}
+
+	read := readOf(meta, best, used, conditions)
+	probes, probeArgs := qiluProbes(meta, best, used, conditions)
+	from := fmt.Sprintf("FROM %q", meta.TableName)
+	descending, byID := idOrder(sort)
+
+	if len(read.terms) == 1 && read.ordered && byID && strings.HasSuffix(selectClause, from) {
+		order := " GROUP BY a.id ORDER BY a.id" // a document listing a value twice has two rows
+		if descending {
+			order += " DESC"
+		}
+
+		return strings.TrimSuffix(selectClause, from) + fmt.Sprintf("FROM %s AS a CROSS JOIN %q ON %q.%s = a.id WHERE ",
+			read.side, meta.TableName, meta.TableName, metadata.IDColumn) +
+			strings.Join(append(read.terms[0], probes...), " AND ") + order, append(read.args[0], probeArgs...), true
+	}
+
+	selects := make([]string, len(read.terms))
+	for j, terms := range read.terms {
+		selects[j] = "SELECT a.id FROM " + read.side + " AS a WHERE " + strings.Join(append(terms, probes...), " AND ")
+		args = append(append(args, read.args[j]...), probeArgs...)
+	}
+
+	// INDEXED BY: without statistics SQLite may prefer reading the table to probing its `_id` index.
+	return selectClause + fmt.Sprintf(` INDEXED BY %q WHERE %s IN (%s)`, meta.TableName+"_"+backends.DefaultIndexName,
+		metadata.IDColumn, strings.Join(selects, " UNION ALL ")) + prepareOrderByClause(sort), args, true
+}
+
+// idOrder reads a sort that the index rows' `id` order can give: none, or by `_id` alone.
+func idOrder(sort *types.Document) (descending, ok bool) {
+	if sort == nil || sort.Len() == 0 {
+		return false, true
+	}
+
+	direction, err := sort.Get("_id")
+	if err != nil || sort.Len() != 1 {
+		return false, false
+	}
+
+	switch d := direction.(type) {
+	case int64:
+		return d < 0, true
+	case int32:
+		return d < 0, true
+	case float64:
+		return d < 0, true
+	}
+
+	return false, false
+}
+
+// indexRead is the conditions on one mk_ index's side table (`a`) that narrow it: one list of terms per
+// alternative of a range on its last used field (each one search of its (key..., id) index), and whether
+// every used field is fixed to a single value, so that its rows come in `id` order.
+type indexRead struct {
+	side    string
+	terms   [][]string
+	args    [][]any
+	ordered bool
+}
+
+func readOf(meta *metadata.Collection, index *metadata.IndexInfo, used int, conditions map[string][]keyCondition,
+) indexRead {
+	read := indexRead{side: fmt.Sprintf("%q", metadata.MultikeyTable(meta.TableName, index.Name)), ordered: true}
+
+	// Every field before the last is an equality; the last is an equality or a range per alternative.
+	var equalities []string
+	var equalArgs []any
+	var alternatives [][2]any
+
+	for i := 0; i < used; i++ {
+		column := "a." + metadata.MultikeyColumn(i)
+		found := conditions[index.Key[i].Field]
+
+		if equality, ok := firstWith(found, true); ok {
+			equalities = append(equalities, inList(column, equality.equal))
+			equalArgs = append(equalArgs, equality.equal...)
+			read.ordered = read.ordered && len(equality.equal) == 1
+
+			continue
+		}
+
+		ranged, _ := firstWith(found, false)
+		alternatives = ranged.ranges
+		read.ordered = false
+	}
+
+	if alternatives == nil {
+		alternatives = [][2]any{{nil, nil}}
+	}
+
+	last := "a." + metadata.MultikeyColumn(used-1)
+
+	for _, r := range alternatives {
+		bounds, boundArgs := rangeTerms(last, r)
+		read.terms = append(read.terms, append(append([]string(nil), equalities...), bounds...))
+		read.args = append(read.args, append(append([]any(nil), equalArgs...), boundArgs...))
+	}
+
+	return read
+}
+
+// raceRows bounds how many rows of each candidate index chooseIndex counts.
+const raceRows = 1000
+
+// chooseIndex is the mk_ index to read and how many fields it has: the one with the most fields, all of them
+// narrowed by the filter; among those that narrow as many, the one with the fewest rows for the filter,
+// counted up to raceRows in each (a race, as MongoDB's planner races its candidate plans, since SQLite keeps
+// no statistics here), the first created when they tie. A search by surname and given name thus reads the
+// few patients of that given name, not everyone of the surname.
+func chooseIndex(ctx context.Context, db *fsql.DB, meta *metadata.Collection, conditions map[string][]keyCondition,
+) (*metadata.IndexInfo, int) {
+	var tied []*metadata.IndexInfo
 	var bestUsed int
 
 	for i := range meta.Settings.Indexes {
@@ -65,58 +192,47 @@ func qiluWhere(meta *metadata.Collection, filter *types.Document) (clause string
 			continue
 		}
 
-		if used := usableFields(index, conditions); used > bestUsed {
-			best, bestUsed = index, used
+		switch used := usableFields(index, conditions); {
+		case used > bestUsed:
+			tied, bestUsed = []*metadata.IndexInfo{index}, used
+		case used == bestUsed && used > 0:
+			tied = append(tied, index)
 		}
 	}
 
-	if best == nil {
-		return "", nil
+	if len(tied) == 0 {
+		return nil, 0
 	}
 
-	// Every field before the last is an equality; the last is an equality or a range per alternative, each
-	// alternative its own SELECT so that each is one search of the side table's index.
-	var equalities []string
-	var equalArgs []any
-	var alternatives [][2]any
+	if len(tied) == 1 {
+		return tied[0], bestUsed
+	}
 
-	for i := 0; i < bestUsed; i++ {
-		column := metadata.MultikeyColumn(i)
-		found := conditions[best.Key[i].Field]
+	best, fewest := tied[0], int64(raceRows+1)
 
-		if equality, ok := firstWith(found, true); ok {
-			equalities = append(equalities, inList(column, equality.equal))
-			equalArgs = append(equalArgs, equality.equal...)
+	for _, index := range tied {
+		read := readOf(meta, index, bestUsed, conditions)
+		selects := make([]string, len(read.terms))
+		var args []any
 
-			continue
+		for j, terms := range read.terms {
+			selects[j] = "SELECT 1 FROM " + read.side + " AS a WHERE " + strings.Join(terms, " AND ")
+			args = append(args, read.args[j]...)
 		}
 
-		ranged, _ := firstWith(found, false)
-		alternatives = ranged.ranges
+		var rows int64
+		q := "SELECT count(*) FROM (" + strings.Join(selects, " UNION ALL ") + " LIMIT ?)"
+
+		if err := db.QueryRowContext(ctx, q, append(args, raceRows)...).Scan(&rows); err != nil {
+			continue // the index keeps its place behind those counted
+		}
+
+		if rows < fewest {
+			best, fewest = index, rows
+		}
 	}
 
-	probes, probeArgs := qiluProbes(meta, best, bestUsed, conditions)
-	side := fmt.Sprintf("%q", metadata.MultikeyTable(meta.TableName, best.Name))
-	last := metadata.MultikeyColumn(bestUsed - 1)
-
-	if alternatives == nil {
-		alternatives = [][2]any{{nil, nil}}
-	}
-
-	selects := make([]string, len(alternatives))
-
-	for j, r := range alternatives {
-		bounds, boundArgs := rangeTerms(last, r)
-		terms := append(append([]string(nil), equalities...), bounds...)
-		args = append(append(args, equalArgs...), boundArgs...)
-		terms = append(terms, probes...)
-		args = append(args, probeArgs...)
-		selects[j] = "SELECT a.id FROM " + side + " AS a WHERE " + strings.Join(terms, " AND ")
-	}
-
-	// INDEXED BY: without statistics SQLite may prefer reading the table to probing its `_id` index.
-	return fmt.Sprintf(` INDEXED BY %q WHERE %s IN (%s)`, meta.TableName+"_"+backends.DefaultIndexName, metadata.IDColumn,
-		strings.Join(selects, " UNION ALL ")), args
+	return best, bestUsed
 }
 
 // inList is `column IN (?, ...)` with a mark per value.
@@ -141,7 +257,9 @@ func rangeTerms(column string, r [2]any) (terms []string, args []any) {
 const maxProbes = 3
 
 // qiluProbes are the conditions that each other index narrowing a field the chosen one leaves open puts on
-// the chosen one's rows (`a`): EXISTS in its side table, one search of its (key..., id) index per row. The
+// the chosen one's rows (`a`): EXISTS in its side table, one search per row of its (key..., id) index when
+// it fixes each field, or of its (id) index when it ranges over one (a range leaves the (key..., id) index
+// to read the whole range for each row: every patient of the surname for each of the given name). The
 // narrowing is then the intersection, so FerretDB reads and filters in Go only the documents that every
 // indexed condition may match (a search by surname and given name reads the few with both, not everyone of
 // that surname).
@@ -171,6 +289,7 @@ func qiluProbes(meta *metadata.Collection, best *metadata.IndexInfo, bestUsed in
 		}
 
 		terms := make([]string, 0, used+1)
+		side := fmt.Sprintf("%q AS p", metadata.MultikeyTable(meta.TableName, index.Name))
 
 		for j := 0; j < used; j++ {
 			column := "p." + metadata.MultikeyColumn(j)
@@ -186,6 +305,8 @@ func qiluProbes(meta *metadata.Collection, best *metadata.IndexInfo, bestUsed in
 
 			ranged, _ := firstWith(found, false)
 			spans := make([]string, 0, len(ranged.ranges))
+			side = fmt.Sprintf("%q AS p INDEXED BY %q", metadata.MultikeyTable(meta.TableName, index.Name),
+				metadata.MultikeyTable(meta.TableName, index.Name)+"_id")
 
 			for _, r := range ranged.ranges {
 				bounds, boundArgs := rangeTerms(column, r)
@@ -197,15 +318,16 @@ func qiluProbes(meta *metadata.Collection, best *metadata.IndexInfo, bestUsed in
 		}
 
 		terms = append(terms, "p.id = a.id")
-		probes = append(probes, fmt.Sprintf("EXISTS (SELECT 1 FROM %q AS p WHERE %s)",
-			metadata.MultikeyTable(meta.TableName, index.Name), strings.Join(terms, " AND ")))
+		probes = append(probes, fmt.Sprintf("EXISTS (SELECT 1 FROM %s WHERE %s)", side, strings.Join(terms, " AND ")))
 	}
 
 	return probes, args
 }
 
-// usableFields counts the index's leading fields the conditions narrow: each by an equality, except that the
-// last one may be narrowed by a range.
+// usableFields is how many fields of the index the conditions narrow when they narrow every one of them (each
+// by an equality, except that the last may be narrowed by a range), or 0. Only all of them will do: a side
+// table has no row for a document missing one of its fields (MongoDB would index it under null), so reading
+// (reach, family) by reach alone would lose every patient without a surname.
 func usableFields(index *metadata.IndexInfo, conditions map[string][]keyCondition) int {
 	used := 0
 
@@ -221,6 +343,10 @@ func usableFields(index *metadata.IndexInfo, conditions map[string][]keyConditio
 		}
 
 		break
+	}
+
+	if used < len(index.Key) {
+		return 0
 	}
 
 	return used
