@@ -110,6 +110,11 @@ func idOrder(sort *types.Document) (descending, ok bool) {
 		return false, false
 	}
 
+	return descendingOf(direction)
+}
+
+// descendingOf reads a sort direction: whether it is descending, and whether it is a number at all.
+func descendingOf(direction any) (descending, ok bool) {
 	switch d := direction.(type) {
 	case int64:
 		return d < 0, true
@@ -598,18 +603,7 @@ func successor(prefix string) any {
 // JSON text of `_id`, which is the order MongoDB gives when every `_id` of the collection is a string (every
 // collection of Qilu's) or every one an ObjectId; numbers would be ordered as text.
 func qiluOrderByID(direction any) string {
-	descending := false
-
-	switch d := direction.(type) {
-	case int64:
-		descending = d < 0
-	case int32:
-		descending = d < 0
-	case float64:
-		descending = d < 0
-	}
-
-	if descending {
+	if descending, _ := descendingOf(direction); descending {
 		return fmt.Sprintf(" ORDER BY %s DESC", metadata.IDColumn)
 	}
 
