@@ -23,8 +23,8 @@ from typing import Any
 import bson
 
 from ehr.models import RecordError, validate_resource
-from ehr.service import (RecordService, Written, changed_meanwhile, check_id, identifier_taken, now_utc, require_type,
-                         stamped, unique_identifier_keys)
+from ehr.service import (RecordService, Written, changed_meanwhile, check_id, identifier_taken, now_utc,
+                         reach_changed_by, require_type, stamped, unique_identifier_keys)
 from ehr.store import ABANDONED_WRITE_AFTER, REACHED_TYPES, history_entry, history_id, too_large
 
 # Resources a batch holds: round trips are few, and a batch's documents stay well within what one holds in memory.
@@ -99,6 +99,14 @@ class BulkWriter:
         updated = now_utc()
         pending = [p for p in pending if self._build(p, updated, refuse)]
         await self._add_reach(pending)
+        # Reaches these writes change are marked first, as a single write does (ehr/sharing.py).
+        changing: dict[str, set[str]] = {}
+        for p in pending:
+            patients, formerly = reach_changed_by(p.resource_type, p.document, p.previous)
+            for patient_id in patients:
+                changing.setdefault(patient_id, set()).update(formerly)
+        for patient_id, formerly in sorted(changing.items()):
+            await self.records.sharing.unsettle([patient_id], formerly)
         pending = await self._claim_keys(pending, updated, refuse)
         pending, lost = await self._claim_versions(pending, updated)
         stored, lost_storing = await self._store_documents(pending)
@@ -106,6 +114,8 @@ class BulkWriter:
             if p.released:
                 await asyncio.gather(*(self.store.release_identifier(key, p.owner) for key in p.released))
             await self.records.follow_reach(p.resource_type, p.document, p.previous)
+            for patient_id in reach_changed_by(p.resource_type, p.document, p.previous)[0]:
+                changing.pop(patient_id, None)
             results[p.index].written = Written(
                 p.resource_type, p.resource_id, p.document["vid"], updated, p.document["resource"],
                 p.previous is None or p.previous["deleted"], p.previous, p.claimed, p.released)
@@ -119,6 +129,9 @@ class BulkWriter:
                                                                      items[p.index].resource)
             except RecordError as exc:
                 refuse(p, exc)
+        for patient_id, formerly in sorted(changing.items()):
+            # Marked, and not written after all (or written by the update above, which worked it out too).
+            await self.records.sharing.refresh(patient_id, formerly=formerly)
 
     # --- the steps --------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+import contextlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -170,6 +171,20 @@ def _transfer_target(body: Any) -> str:
                                   "Organization/{id}", "Parameters.parameter[organization]")
 
 
+def reach_changed_by(resource_type: str, document: dict[str, Any],
+                      previous: dict[str, Any] | None) -> tuple[list[str], set[str]]:
+    """The patients whose reach a write changes (a Consent's, or a Patient's moving to another hospital), and
+    the hospitals it may take away besides their shares (the one a Patient leaves)."""
+    if resource_type == "Consent":
+        members = set(document["compartment"]) | set((previous or {}).get("compartment") or [])
+        return sorted(member.removeprefix("Patient/") for member in members), set()
+    if resource_type == "Patient" and previous is not None:
+        before = set((previous.get("sp") or {}).get("organization") or [])
+        if before != set(document["sp"].get("organization") or []):
+            return [document["_id"]], before
+    return [], set()
+
+
 def rewrite_references(node: Any, mapping: dict[str, str]) -> Any:
     """Replace every `reference` that names a Bundle fullUrl with the id it was given."""
     if isinstance(node, dict):
@@ -247,6 +262,10 @@ class RecordService:
             # The access check has looked at the patients already: the reach finds them kept, while this
             # process hears of changes (ehr/sharing.py).
             document["reach"] = await self.sharing.reach_of_document(resource_type, document, previous)
+        reach_changing, formerly = reach_changed_by(resource_type, document, previous)
+        if reach_changing:
+            # Marked before it is written: should this request stop before working the reach out, the sweep does.
+            await self.sharing.unsettle(reach_changing, formerly)
         old_keys = unique_identifier_keys(previous["resource"] if previous and not previous["deleted"] else None)
         new_keys = unique_identifier_keys(resource)
         keys = sorted(new_keys - old_keys)
@@ -295,6 +314,9 @@ class RecordService:
                 await self.store.remove_history(resource_type, resource_id, vid)
             for key in claimed:
                 await self.store.release_identifier(key, owner, write_id)
+            for patient_id in reach_changing:
+                with contextlib.suppress(Exception):  # what was stored stands; the sweep works it out else
+                    await self.sharing.refresh(patient_id, formerly=formerly)
             raise
         written_new = previous is None
         released = sorted(old_keys - new_keys)
@@ -319,14 +341,9 @@ class RecordService:
                             previous: dict[str, Any] | None) -> None:
         """A Consent decides which shares hold, and a Patient's hospital is in every one of their resources'
         reach: a write of either works the patient's reach out again (a revocation is in force at once)."""
-        if resource_type == "Consent":
-            members = set(document["compartment"]) | set((previous or {}).get("compartment") or [])
-            for member in sorted(members):
-                await self.sharing.refresh(member.removeprefix("Patient/"))
-        elif resource_type == "Patient" and previous is not None:
-            before = set((previous.get("sp") or {}).get("organization") or [])
-            if before != set(document["sp"].get("organization") or []):
-                await self.sharing.refresh(document["_id"], formerly=before)
+        patients, formerly = reach_changed_by(resource_type, document, previous)
+        for patient_id in patients:
+            await self.sharing.refresh(patient_id, formerly=formerly)
 
     async def resolve_patient_identifiers(self, resource: dict[str, Any]) -> None:
         """A compartment reference that names a Patient by identifier only becomes a reference to that Patient,
@@ -379,6 +396,7 @@ class RecordService:
             await self.store.insert_first_version(resource_type, document)
         else:
             await self.store.replace_if_version(resource_type, resource_id, vid - 1, document)
+        await self.follow_reach(resource_type, document, current)
 
     async def undo(self, written: Written) -> None:
         """Put back what a write replaced (used to roll a transaction back)."""

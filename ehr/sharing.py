@@ -8,23 +8,32 @@ effect at once. Every stored resource of the patient, and every history entry, c
 A change is written to the patient's resources in bounded batches, first by the request that made it (a few
 batches) and then by the worker's sweep, from where the last run stopped. Until a revocation has reached every
 resource, a marker (hospital|patient) keeps that patient out of that hospital's searches; the marker goes once a
-check, made after any write that began before the change must have ended, finds nothing reaching it any more.
+check, made after any write that began before the change must have ended, finds nothing reaching it any more. A
+share that ends by the clock has its marker written ahead, starting at its end, so searches leave it at that
+moment as reads do, before the sweep writes the change.
+
+A change is marked on the reach document before the grant, Consent or Patient that makes it is written (`unsettle`):
+until it is worked out again, the patient's shares are not trusted for reads and their hospitals' markers are in
+force. Should the request stop in between, the sweep works it out.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ehr.store import (ABANDONED_WRITE_AFTER, PATIENT_REACH_CHANGES, REACHED_TYPES, REVOKING_CHANGES,
-                       RecordStore)
+from ehr.store import (ABANDONED_WRITE_AFTER, IN_FORCE, PATIENT_REACH_CHANGES, REACHED_TYPES, REVOKING_CHANGES,
+                       RecordStore, moment_text)
 from qilu.cache import ANNOUNCER
 
 BATCH = 500
 INLINE_BATCHES = 4  # what the request that changes a reach writes itself; the worker does the rest
+# How far ahead a process reads a hospital's markers that start by the clock (what it keeps holds until then).
+MARKERS_AHEAD = timedelta(seconds=60)
 # Clinical types that may belong to no patient (a meeting of practitioners): what every practitioner reaches.
 EVERY_PRACTITIONER = "*"
 # The order in which a patient's documents are brought to a new reach: the Patient first, the history last.
@@ -72,14 +81,24 @@ def _managing(patient: dict[str, Any] | None) -> set[str]:
 
 
 @dataclass(frozen=True)
+class Markers:
+    """A hospital's revocation markers as read at one moment: (patient id, start) of those in force by `until`."""
+    starts: tuple[tuple[str, str], ...]
+    until: datetime
+
+
+@dataclass(frozen=True)
 class Reached:
     """What decides who reads one patient's records: the hospital that manages them (as their Patient document
     says, a tombstone too) and the shares of their reach document, each with when it ends by the clock."""
     managing: frozenset[str]
     shares: tuple[tuple[str, datetime | None], ...]
+    stale: bool = False  # a change is being worked out: no share is trusted until it is
 
     def shared(self, now: datetime) -> set[str]:
         """The hospitals shared with at this moment."""
+        if self.stale:
+            return set()
         return {org for org, until in self.shares if until is None or until > now}
 
     def orgs(self, now: datetime) -> set[str]:
@@ -126,12 +145,17 @@ class Sharing:
         fetched, reaches = await asyncio.gather(
             self.store.find_by_ids("Patient", [pid for pid in missing if pid not in given], include_deleted=True),
             self.store.patient_reaches(missing))
-        shares = {reach["_id"]: _shares_of(reach) for reach in reaches}
+        by_id = {reach["_id"]: reach for reach in reaches}
+
+        def reached_of(patient: dict[str, Any]) -> Reached:
+            reach = by_id.get(patient["_id"])
+            return Reached(frozenset(_managing(patient)), _shares_of(reach), bool((reach or {}).get("stale")))
+
         for patient in fetched:
-            out[patient["_id"]] = Reached(frozenset(_managing(patient)), shares.get(patient["_id"], ()))
+            out[patient["_id"]] = reached_of(patient)
             PATIENTS_REACHED.keep(patient["_id"], out[patient["_id"]], token)
         for pid, patient in given.items():
-            out[pid] = Reached(frozenset(_managing(patient)), shares.get(pid, ()))
+            out[pid] = reached_of(patient)
         return out
 
     async def shared_with(self, patient_ids: set[str], organization: str | None) -> set[str]:
@@ -143,14 +167,17 @@ class Sharing:
                 if organization in reached.shared(now)}
 
     async def revoking_for(self, organization: str) -> frozenset[str]:
-        """The patients whose revocation for this hospital is still being written to their resources."""
-        kept = REVOKING.get(organization)
-        if kept is not None:
-            return kept
-        token = REVOKING.reading()
-        patients = frozenset(await self.store.revoking_for(organization))
-        REVOKING.keep(organization, patients, token)
-        return patients
+        """The patients kept out of this hospital's searches now: their revocation (or a share's end by the clock)
+        is still being written to their resources."""
+        now = self.clock()
+        kept: Markers | None = REVOKING.get(organization)
+        if kept is None or kept.until <= now:
+            token = REVOKING.reading()
+            until = now + MARKERS_AHEAD
+            kept = Markers(tuple(await self.store.revoking_for(organization, moment_text(until))), until)
+            REVOKING.keep(organization, kept, token)
+        by = moment_text(now)
+        return frozenset(patient for patient, start in kept.starts if start <= by)
 
     async def reach_of(self, patient_ids: set[str],
                        patients: dict[str, dict[str, Any]] | None = None) -> dict[str, set[str]]:
@@ -184,6 +211,7 @@ class Sharing:
                     start: datetime | None, until: datetime | None) -> None:
         """Set the share that `source` (a referral) gives, or with no `start` withdraw it; the reach follows."""
         patient_id = patient_ref.removeprefix("Patient/")
+        await self.unsettle([patient_id])
         if start is None:
             await self.store.remove_grant(source)
         else:
@@ -191,11 +219,30 @@ class Sharing:
                                         "consent": consent_ref, "start": start, "until": until})
         await self.refresh(patient_id)
 
+    async def unsettle(self, patient_ids: Iterable[str], formerly: set[str] = frozenset()) -> None:
+        """Before a change of these patients' reach is written: distrust their shares until it is worked out,
+        and keep them out of the searches of the hospitals it may take away (those shared with, `formerly`)."""
+        patient_ids = sorted(set(patient_ids))
+        reaches = {reach["_id"]: reach for reach in await self.store.patient_reaches(patient_ids)}
+        # The mark's text starts with its moment, so the sweep can find marks left long ago.
+        token = f"{moment_text(self.clock())}|{uuid.uuid4().hex}"
+        for patient_id in patient_ids:
+            at_risk = {org for org, _ in _shares_of(reaches.get(patient_id))} | set(formerly)
+            if at_risk:
+                await self.store.put_revoking(patient_id, dict.fromkeys(at_risk, IN_FORCE))
+            await self.store.mark_reach_stale(patient_id, token)
+
     async def refresh(self, patient_id: str, formerly: set[str] = frozenset(),
                       inline_batches: int | None = None) -> None:
         """Work out the patient's reach again from their hospital, grants and Consents, and write it.
         `formerly`: hospitals the patient's resources may reach that their reach document does not name (the
         managing hospital before a transfer)."""
+        # The mark is read before what it marks, so a change written after it is seen.
+        reaches, markers = await asyncio.gather(self.store.patient_reaches([patient_id]),
+                                                self.store.revoking_of(patient_id))
+        stale = reaches[0].get("stale") if reaches else None
+        # A reach document that holds only a mark was never written: as if there were none.
+        reaches = [reach for reach in reaches if "gen" in reach]
         now = self.clock()
         grants = await self.store.grants_of(patient_id)
         consents = {f"Consent/{c['_id']}": c["resource"] for c in await self.store.find_by_ids(
@@ -214,29 +261,36 @@ class Sharing:
                 continue
             known = shares.get(grant["org"], until)
             shares[grant["org"]] = None if known is None or until is None else max(known, until)
-        patients, reaches = await asyncio.gather(
-            self.store.find_by_ids("Patient", [patient_id], include_deleted=True),
-            self.store.patient_reaches([patient_id]))
-        orgs = (_managing(patients[0]) if patients else set()) | set(shares)
+        patients = await self.store.find_by_ids("Patient", [patient_id], include_deleted=True)
+        managing = _managing(patients[0]) if patients else set()
+        orgs = managing | set(shares)
         before = set(reaches[0].get("orgs") or []) if reaches else set()
-        removed = (before | set(formerly)) - orgs
+        # A marker in force says the resources may still reach its hospital.
+        removed = (before | set(formerly) | {org for org, start in markers.items() if start == IN_FORCE}) - orgs
         shares_list = [{"org": org, "until": until} for org, until in sorted(shares.items())]
-        if not reaches and not grants and not removed:
-            return  # never shared: every write already gives its resources the managing hospital
-        if reaches and not removed and before == orgs and not reaches[0].get("pending") and [
-                {"org": s["org"], "until": s["until"] and _aware(s["until"])} for s in reaches[0]["shares"]
-        ] == shares_list:
-            return  # nothing changed (another Consent of the patient was written)
-        if removed:
-            # The marker comes first: from this moment the patient is out of those hospitals' searches.
-            await self.store.mark_revoking(patient_id, removed)
-        untils = [until for until in shares.values() if until is not None]
-        await self.store.put_patient_reach(patient_id, {
-            "shares": shares_list,
-            "orgs": sorted(orgs),
-            # When the next share ends by the clock, as text so the embedded engine's index can range over it.
-            "expires": min(untils).isoformat(timespec="milliseconds") if untils else None})
-        await self.spread(patient_id, max_batches=self.inline_batches if inline_batches is None else inline_batches)
+        # The markers wanted: in force for the hospitals taken away (they come first: from this moment the
+        # patient is out of those hospitals' searches), and from its end for each share that ends by the clock.
+        starts = dict.fromkeys(removed, IN_FORCE) | {
+            org: moment_text(until) for org, until in shares.items() if until is not None and org not in managing}
+        if changed := {org: start for org, start in starts.items() if markers.get(org) != start}:
+            await self.store.put_revoking(patient_id, changed)
+        await self.store.drop_revoking(patient_id, set(markers) - set(starts))
+        unchanged = (not reaches and not grants and not removed) or (  # never shared: every write gives the hospital
+            reaches and not removed and before == orgs and not reaches[0].get("pending") and [
+                {"org": s["org"], "until": s["until"] and _aware(s["until"])} for s in reaches[0].get("shares") or []
+            ] == shares_list)
+        if not unchanged:
+            untils = [until for until in shares.values() if until is not None]
+            await self.store.put_patient_reach(patient_id, {
+                "shares": shares_list,
+                "orgs": sorted(orgs),
+                # When the next share ends by the clock, as text so the embedded engine's index can range over it.
+                "expires": moment_text(min(untils)) if untils else None})
+        if stale:
+            await self.store.clear_reach_stale(patient_id, stale)
+        if not unchanged:
+            await self.spread(patient_id,
+                              max_batches=self.inline_batches if inline_batches is None else inline_batches)
 
     async def spread(self, patient_id: str, max_batches: int | None = None) -> bool:
         """Bring the patient's resources to their reach, from where the last run stopped; True when done."""
@@ -273,11 +327,16 @@ class Sharing:
     # --- the worker's sweep ---------------------------------------------------------------------
 
     async def sweep(self, limit: int = 100) -> dict[str, int]:
-        """Finish reaches a request left half-written, end shares whose time is up, and lift the markers of
-        revocations that have reached every resource."""
+        """Work out changes a request marked and left, finish reaches a request left half-written, end shares
+        whose time is up, and lift the markers of revocations that have reached every resource."""
         now = self.clock()
-        done = {"spread": 0, "expired": 0, "settled": 0}
-        expired = {"expires": {"$ne": None, "$lte": now.isoformat(timespec="milliseconds")}}
+        done = {"spread": 0, "expired": 0, "settled": 0, "reconciled": 0}
+        # A mark older than any write that began with it: the request that made it stopped before its end.
+        left = {"stale": {"$lte": moment_text(now - ABANDONED_WRITE_AFTER)}}
+        for patient_id in await self.store.patients_with_reach(left, limit):
+            await self.refresh(patient_id, inline_batches=0)
+            done["reconciled"] += 1
+        expired = {"expires": {"$lte": moment_text(now)}}
         for patient_id in await self.store.patients_with_reach(expired, limit):
             await self.refresh(patient_id, inline_batches=0)
             done["expired"] += 1

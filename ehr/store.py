@@ -36,6 +36,14 @@ REVOKING_CHANGES = "revoking"
 
 # A version or identifier claim whose write has not finished this long after was left by a writer that died.
 ABANDONED_WRITE_AFTER = timedelta(seconds=30)
+# The start of a revocation marker in force now (any moment's text sorts after it); a marker may also start
+# at a moment to come, when a share ends by the clock.
+IN_FORCE = ""
+
+
+def moment_text(moment: datetime) -> str:
+    """A moment as text in UTC: what the embedded engine's indexes can range over, sorting as time does."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 # The types whose documents carry `reach`: a patient's own and the types of patients' records. AuditEvents
 # are left out: they are the administrators' trail (a role decides who reads them), and append-only.
@@ -108,8 +116,19 @@ async def ensure_indexes(db: AsyncIOMotorDatabase) -> None:
     # Patients whose reach is still being written to their resources; shares that end by the clock.
     await db[PATIENT_REACH].create_index([("pending", ASCENDING)], name="mk_pending")
     await db[PATIENT_REACH].create_index([("expires", ASCENDING)], name="mk_expires")
+    # Reaches about to change, whose change may have been left half-made.
+    await db[PATIENT_REACH].create_index([("stale", ASCENDING)], name="mk_stale")
     await db[REACH_GRANTS].create_index([("patient", ASCENDING)], name="mk_patient")
-    await db[REACH_REVOKING].create_index([("org", ASCENDING)], name="mk_org")
+    # A hospital's markers in force by a moment; a patient's markers; those whose revocation may be settled.
+    revoking = db[REACH_REVOKING]
+    await revoking.create_index([("org", ASCENDING), ("from", ASCENDING)], name="mk_org_from")
+    await revoking.create_index([("patient", ASCENDING)], name="mk_patient")
+    await revoking.create_index([("settle_after", ASCENDING)], name="mk_settle_after")
+    if "mk_org" in {index["name"] async for index in revoking.list_indexes()}:
+        await revoking.drop_index("mk_org")
+    # Markers written before they had a start were all in force; their settling is checked again.
+    await revoking.update_many({"from": {"$exists": False}},
+                               {"$set": {"from": IN_FORCE, "settle_after": moment_text(datetime.now(UTC))}})
 
 
 async def _insert_unordered(collection: Any, documents: list[dict[str, Any]]) -> set[int]:
@@ -307,24 +326,52 @@ class RecordStore:
     async def grants_of(self, patient_id: str) -> list[dict[str, Any]]:
         return await self.db[REACH_GRANTS].find({"patient": patient_id}).to_list(length=None)
 
-    async def mark_revoking(self, patient_id: str, organizations: set[str]) -> None:
-        """Keep the patient out of these hospitals' searches until their resources no longer reach them."""
-        for organization in sorted(organizations):
+    async def mark_reach_stale(self, patient_id: str, token: str) -> None:
+        """Say that the patient's reach is about to change (a grant, a Consent or a transfer is being written):
+        until it is worked out again (`clear_reach_stale` with the same token), their shares are not trusted."""
+        await self.db[PATIENT_REACH].update_one({"_id": patient_id}, {"$set": {"stale": token}}, upsert=True)
+        await ANNOUNCER.announce(self.db.name, PATIENT_REACH_CHANGES, [patient_id])
+
+    async def clear_reach_stale(self, patient_id: str, token: str) -> None:
+        """The change marked by `token` is worked out; a later mark stays."""
+        result = await self.db[PATIENT_REACH].update_one({"_id": patient_id, "stale": token}, {"$set": {"stale": None}})
+        if result.modified_count:
+            await ANNOUNCER.announce(self.db.name, PATIENT_REACH_CHANGES, [patient_id])
+
+    async def put_revoking(self, patient_id: str, starts: dict[str, str]) -> None:
+        """Keep the patient out of each hospital's searches from the moment given (IN_FORCE: now) until their
+        resources no longer reach it (a marker written again waits for its settling again)."""
+        for organization, start in sorted(starts.items()):
             await self.db[REACH_REVOKING].update_one(
                 {"_id": f"{organization}|{patient_id}"},
-                {"$set": {"org": organization, "patient": patient_id, "settle_after": None}}, upsert=True)
-        await ANNOUNCER.announce(self.db.name, REVOKING_CHANGES, organizations)
+                {"$set": {"org": organization, "patient": patient_id, "from": start, "settle_after": None}},
+                upsert=True)
+        await ANNOUNCER.announce(self.db.name, REVOKING_CHANGES, starts)
 
-    async def revoking_for(self, organization: str) -> list[str]:
-        """Ids of the patients whose revocation for this hospital is still being written."""
-        cursor = self.db[REACH_REVOKING].find({"org": organization}, projection={"patient": 1})
-        return [doc["patient"] async for doc in cursor]
+    async def drop_revoking(self, patient_id: str, organizations: set[str]) -> None:
+        if organizations:
+            await self.db[REACH_REVOKING].delete_many(
+                {"_id": {"$in": [f"{organization}|{patient_id}" for organization in sorted(organizations)]}})
+            await ANNOUNCER.announce(self.db.name, REVOKING_CHANGES, organizations)
+
+    async def revoking_of(self, patient_id: str) -> dict[str, str]:
+        """The patient's markers: the start of each, by hospital."""
+        cursor = self.db[REACH_REVOKING].find({"patient": patient_id}, projection={"org": 1, "from": 1})
+        return {doc["org"]: doc.get("from", IN_FORCE) async for doc in cursor}
+
+    async def revoking_for(self, organization: str, by: str) -> list[tuple[str, str]]:
+        """(patient id, start) of this hospital's markers in force by the moment `by` (text)."""
+        cursor = self.db[REACH_REVOKING].find({"org": organization, "from": {"$lte": by}},
+                                              projection={"patient": 1, "from": 1})
+        return [(doc["patient"], doc["from"]) async for doc in cursor]
 
     async def settle_revoking(self, patient_id: str, after: datetime) -> None:
-        await self.db[REACH_REVOKING].update_many({"patient": patient_id}, {"$set": {"settle_after": after}})
+        """The patient's markers in force may be lifted after `after`, once nothing reaches their hospital."""
+        await self.db[REACH_REVOKING].update_many({"patient": patient_id, "from": IN_FORCE},
+                                                  {"$set": {"settle_after": moment_text(after)}})
 
     async def revocations_to_settle(self, now: datetime, limit: int) -> list[dict[str, Any]]:
-        cursor = self.db[REACH_REVOKING].find({"settle_after": {"$ne": None, "$lte": now}}, limit=limit)
+        cursor = self.db[REACH_REVOKING].find({"settle_after": {"$lte": moment_text(now)}}, limit=limit)
         return await cursor.to_list(length=limit)
 
     async def remove_revoking(self, marker_id: str) -> None:

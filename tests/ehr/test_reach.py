@@ -134,10 +134,10 @@ async def test_a_revocation_refuses_at_once_while_the_record_is_still_being_writ
     worker = Sharing(ward.store, clock=lambda: now, batch=3)
     done = await worker.sweep()
     assert done["spread"] >= 1 and await ward.reaching(pid, ward.other) == 0
-    assert f"{pid}" in await ward.store.revoking_for(ward.other)  # not yet settled
+    assert pid in await worker.revoking_for(ward.other)  # not yet settled
     later = Sharing(ward.store, clock=lambda: now + ABANDONED_WRITE_AFTER + timedelta(seconds=1))
     assert (await later.sweep())["settled"] >= 1
-    assert pid not in await ward.store.revoking_for(ward.other)
+    assert pid not in await later.revoking_for(ward.other)
     assert await ward.searched(ward.other, "Observation", [("code", code)]) == set()
 
 
@@ -162,20 +162,95 @@ async def test_writing_a_reach_is_resumable_and_idempotent(ward):
     assert await ward.searched(ward.other, "Observation", [("code", code)]) == set(made)
 
 
-async def test_a_share_that_ends_by_the_clock_ends_for_reads_at_once_and_for_searches_by_the_sweep(ward):
+async def _found(records: RecordService, resource_type: str, params: list[tuple[str, str]]) -> set[str]:
+    bundle = await records.search(resource_type, params)
+    return {e["resource"]["id"] for e in bundle.get("entry", []) if e["search"]["mode"] == "match"}
+
+
+async def test_a_share_that_ends_by_the_clock_ends_for_reads_and_searches_at_that_moment(ward):
+    """Before the sweep has written anything: the share's end is a marker written ahead, in force from then."""
     code = f"t-{uuid.uuid4().hex[:6]}"
     pid, made = await _patient_with(ward, 2, code)
     ends = datetime.now(UTC) + timedelta(minutes=5)
     await _share(ward, pid, until=ends)
     specialist = ward.as_practitioner(ward.other)
     assert (await specialist.read("Observation", made[0]))["resource"]["id"] == made[0]
+    assert await _found(specialist, "Observation", [("code", code)]) == set(made)
     after = ends + timedelta(seconds=1)
     specialist.reach.sharing.clock = lambda: after  # the specialist reads after the share's end
     assert await specialist.reach.readable_among({pid}) == set()
+    assert await ward.reaching(pid, ward.other) == len(await ward.documents_of(pid)), "nothing written yet"
+    assert await _found(specialist, "Observation", [("code", code)]) == set()
+    assert await _found(specialist, "Patient", [("_id", pid)]) == set()
+    # The managing hospital is not kept out.
+    home = ward.as_practitioner(ward.home)
+    home.reach.sharing.clock = lambda: after
+    assert await _found(home, "Observation", [("code", code)]) == set(made)
     done = await Sharing(ward.store, clock=lambda: after).sweep()
     assert done["expired"] >= 1
     assert await ward.reaching(pid, ward.other) == 0
+    assert await _found(specialist, "Observation", [("code", code)]) == set()
+    settled = Sharing(ward.store, clock=lambda: after + ABANDONED_WRITE_AFTER + timedelta(seconds=1))
+    assert (await settled.sweep())["settled"] >= 1
+    assert await ward.store.revoking_of(pid) == {}
+
+
+async def test_a_hospital_shared_with_again_finds_the_patient_again(ward):
+    """A revocation's marker does not outlive a new share with the same hospital (it would keep the patient out of
+    its searches for good)."""
+    code = f"t-{uuid.uuid4().hex[:6]}"
+    pid, made = await _patient_with(ward, 2, code)
+    consent_id = await _share(ward, pid)
+    current = (await ward.system.read("Consent", consent_id))["resource"]
+    await ward.system.update("Consent", consent_id, {**current, "status": "inactive"})
     assert await ward.searched(ward.other, "Observation", [("code", code)]) == set()
+    await _share(ward, pid)
+    assert await ward.searched(ward.other, "Observation", [("code", code)]) == set(made)
+    later = Sharing(ward.store, clock=lambda: datetime.now(UTC) + ABANDONED_WRITE_AFTER + timedelta(seconds=1))
+    await later.sweep()
+    assert await ward.store.revoking_of(pid) == {}
+    assert await ward.searched(ward.other, "Observation", [("code", code)]) == set(made)
+
+
+async def test_a_change_a_request_left_half_made_is_refused_at_once_and_worked_out_by_the_sweep(ward):
+    """A request marks the change, withdraws the grant and stops before working the reach out (the process died):
+    the hospital already reads and finds nothing; the sweep works the reach out from what is stored. A grant left
+    so is given by the sweep too."""
+    code = f"t-{uuid.uuid4().hex[:6]}"
+    pid, made = await _patient_with(ward, 2, code)
+    source = f"referral/{uuid.uuid4().hex[:8]}"
+    consent_id = (await ward.system.create("Consent", consent(pid)))[0].resource_id
+    sharing = ward.system.sharing
+    await sharing.grant(source, f"Patient/{pid}", ward.other, f"Consent/{consent_id}",
+                        datetime.now(UTC) - timedelta(seconds=1), None)
+    assert (await ward.store.patient_reaches([pid]))[0]["stale"] is None, "a finished change leaves no mark"
+    specialist = ward.as_practitioner(ward.other)
+    assert await _found(specialist, "Observation", [("code", code)]) == set(made)
+    # What grant() does before it works the reach out, and no more.
+    await sharing.unsettle([pid])
+    await ward.store.remove_grant(source)
+    with pytest.raises(RecordError):
+        await specialist.read("Observation", made[0])
+    assert await _found(specialist, "Observation", [("code", code)]) == set()
+    assert (await ward.as_practitioner(ward.home).read("Observation", made[0]))["resource"]["id"] == made[0]
+    await Sharing(ward.store).sweep()
+    assert (await ward.store.patient_reaches([pid]))[0]["stale"], "a mark this young may be a request at work"
+    later = Sharing(ward.store, clock=lambda: datetime.now(UTC) + ABANDONED_WRITE_AFTER + timedelta(seconds=1))
+    assert (await later.sweep())["reconciled"] >= 1
+    reach = (await ward.store.patient_reaches([pid]))[0]
+    assert reach["stale"] is None and reach["orgs"] == [ward.home]
+    assert await ward.reaching(pid, ward.other) == 0
+    with pytest.raises(RecordError):
+        await specialist.read("Observation", made[0])
+    # A grant given and never worked out: the hospital gets it from the sweep.
+    await sharing.unsettle([pid])
+    await ward.store.put_grant({"_id": source, "patient": pid, "org": ward.other, "consent": f"Consent/{consent_id}",
+                                "start": datetime.now(UTC) - timedelta(seconds=1), "until": None})
+    with pytest.raises(RecordError):
+        await specialist.read("Observation", made[0])
+    assert (await later.sweep())["reconciled"] >= 1
+    assert (await specialist.read("Observation", made[0]))["resource"]["id"] == made[0]
+    assert await _found(specialist, "Observation", [("code", code)]) == set(made)
 
 
 async def test_a_transfer_moves_the_whole_record_to_the_new_hospital(ward):

@@ -79,7 +79,7 @@ async def test_a_share_withdrawn_in_another_process_is_forgotten_here_at_once(ap
     assert await found() == {oid}
     # This process now keeps the patient's share and the hospital's (empty) revocations.
     assert PATIENTS_REACHED.get(pid) is not None and other in {org for org, _ in PATIENTS_REACHED.get(pid).shares}
-    assert REVOKING.get(other) == frozenset()
+    assert REVOKING.get(other).starts == ()
 
     await asyncio.to_thread(subprocess.run, [sys.executable, "-c", WITHDRAW, source, f"Patient/{pid}"],
                             cwd=ROOT, check=True, timeout=60)

@@ -16,7 +16,7 @@ from pymongo import ASCENDING, monitoring
 
 from ehr.access import Reach
 from ehr.service import RecordService
-from ehr.store import RecordStore, ensure_indexes
+from ehr.store import IN_FORCE, RecordStore, ensure_indexes
 from qilu.auth import Caller
 from sample_records import observation, organization, patient
 
@@ -192,7 +192,7 @@ async def test_the_records_searches_read_no_whole_collection(engine):
     # Without a patient: the hospital's reach is the condition, with a revocation under way or not.
     found = await records.search("Observation", [("code", "http://loinc.org|2339-0")])
     assert len(found["entry"]) == 3
-    await RecordStore(db).mark_revoking(ids[2], {org})
+    await RecordStore(db).put_revoking(ids[2], {org: IN_FORCE})
     found = await records.search("Observation", [("code", "http://loinc.org|2339-0")])
     assert {e["resource"]["subject"]["reference"] for e in found["entry"]} == {f"Patient/{i}" for i in ids[:2]}
     assert len((await records.history("Observation", None, [("_count", "5")]))["entry"]) == 5
