@@ -4,6 +4,8 @@ hears, through Redis, of every change to it."""
 from __future__ import annotations
 
 import asyncio
+import queue
+import threading
 import time
 from collections.abc import Hashable, Iterable
 from typing import Any
@@ -109,11 +111,15 @@ class Announcer:
     """Announces changes of what processes keep (`AnnouncedCache`), from whichever process writes: a server, a
     worker's task, the command line. It forgets the key in this process's caches of that topic at once, then
     publishes it; its Redis client is a synchronous one, used from a thread, so that any event loop (a worker
-    runs each task in its own) can announce."""
+    runs each task in its own) can announce. An announcement Redis refused is sent again from a thread of its
+    own, for as long as the others would trust their copy, so they still forget the change."""
 
     def __init__(self) -> None:
         self._caches: dict[str, list[AnnouncedCache]] = {}
         self._client: redis.Redis | None = None
+        self._again: queue.Queue[tuple[str, str, float]] = queue.Queue()
+        self._sender: threading.Thread | None = None
+        self._sender_lock = threading.Lock()
 
     def configure(self, settings: Settings) -> None:
         if self._client is None:
@@ -135,10 +141,40 @@ class Announcer:
             cache.forget(keys)
         if self._client is None:
             return  # this process announces to nobody (a test's own store, a script)
+        channel, message = channel_of(db_name, topic), "\n".join(keys)
         try:
-            await asyncio.to_thread(self._client.publish, channel_of(db_name, topic), "\n".join(keys))
-        except Exception as exc:  # noqa: BLE001 - the others stop trusting their copy within TRUSTED_S
-            log.warning("a change was not announced", topic=topic, error=str(exc))
+            await asyncio.to_thread(self._client.publish, channel, message)
+        except Exception as exc:  # noqa: BLE001 - sent again; the write does not wait for it
+            log.warning("a change was not announced; trying again", topic=topic, error=str(exc))
+            self._send_again(channel, message)
+
+    def _send_again(self, channel: str, message: str) -> None:
+        with self._sender_lock:
+            self._again.put((channel, message, time.monotonic() + TRUSTED_S))
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._resend, name="qilu-announce-again", daemon=True)
+                self._sender.start()
+
+    def _resend(self) -> None:
+        """Send the refused announcements in order, each until it goes or the copies it empties have aged."""
+        assert self._client is not None
+        while True:
+            with self._sender_lock:
+                if self._again.empty():
+                    self._sender = None  # the next refusal starts another thread
+                    return
+                channel, message, deadline = self._again.get()
+            delay = 0.05
+            while True:
+                try:
+                    self._client.publish(channel, message)
+                    break
+                except Exception:  # noqa: BLE001 - Redis still refuses: wait a little longer each time
+                    if time.monotonic() + delay >= deadline:
+                        log.warning("a change was never announced; the others' copies aged instead", channel=channel)
+                        break
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
 
 
 # The process's announcer: every process that opens the database configures it (qilu.db.connect_mongodb).
