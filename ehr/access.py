@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ehr.models import RecordError
-from ehr.sharing import EVERY_PRACTITIONER, Sharing
+from ehr.sharing import EVERY_PRACTITIONER, Reached, Sharing
 from ehr.store import RecordStore
 from qilu.auth import Caller
 
@@ -339,6 +339,9 @@ class Reach:
         self.store = store
         self.sharing = Sharing(store)
         self._registered: set[str] = set()  # patients this request registers (new ids) at the caller's hospital
+        # What this request's decisions last looked at, by patient: a write's reach is worked out from the same
+        # look as the decision that let it (without Redis nothing is kept between the two).
+        self.looked: dict[str, Reached] = {}
 
     @property
     def is_system(self) -> bool:
@@ -383,6 +386,7 @@ class Reach:
         if caller.role != "practitioner" or not caller.organization:
             return {pid: UNRELATED for pid in patient_ids}
         reached = await self.sharing.reached(patient_ids) if patient_ids else {}
+        self.looked.update(reached)
         now = self.sharing.clock()
 
         def relation(pid: str) -> str:

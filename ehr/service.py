@@ -261,7 +261,8 @@ class RecordService:
         if resource_type in REACHED_TYPES:
             # The access check has looked at the patients already: the reach finds them kept, while this
             # process hears of changes (ehr/sharing.py).
-            document["reach"] = await self.sharing.reach_of_document(resource_type, document, previous)
+            document["reach"] = await self.sharing.reach_of_document(resource_type, document, previous,
+                                                                     self.reach.looked if self.reach else None)
         reach_changing, formerly = reach_changed_by(resource_type, document, previous)
         if reach_changing:
             # Marked before it is written: should this request stop before working the reach out, the sweep does.
@@ -343,6 +344,8 @@ class RecordService:
         reach: a write of either works the patient's reach out again (a revocation is in force at once)."""
         patients, formerly = reach_changed_by(resource_type, document, previous)
         for patient_id in patients:
+            if self.reach is not None:
+                self.reach.looked.pop(patient_id, None)  # the look is from before the change
             await self.sharing.refresh(patient_id, formerly=formerly)
 
     async def resolve_patient_identifiers(self, resource: dict[str, Any]) -> None:

@@ -125,16 +125,16 @@ class Sharing:
 
     # --- asking --------------------------------------------------------------------------------
 
-    async def reached(self, patient_ids: set[str],
-                      patients: dict[str, dict[str, Any]] | None = None) -> dict[str, Reached]:
+    async def reached(self, patient_ids: set[str], patients: dict[str, dict[str, Any]] | None = None,
+                      looked: dict[str, Reached] | None = None) -> dict[str, Reached]:
         """Each of these patients that exists (a deleted one too), with at most two look-ups in parallel and
         none for those this process keeps. `patients`: Patient documents that decide the managing hospital
-        instead of the stored ones (about to be written)."""
+        instead of the stored ones (about to be written); `looked`: what this request looked at already."""
         out: dict[str, Reached] = {}
         given = {pid: patients[pid] for pid in patient_ids if patients and pid in patients}
         missing = []
         for pid in sorted(patient_ids):
-            kept = None if pid in given else PATIENTS_REACHED.get(pid)
+            kept = None if pid in given else (looked or {}).get(pid) or PATIENTS_REACHED.get(pid)
             if kept is None:
                 missing.append(pid)
             else:
@@ -179,31 +179,32 @@ class Sharing:
         by = moment_text(now)
         return frozenset(patient for patient, start in kept.starts if start <= by)
 
-    async def reach_of(self, patient_ids: set[str],
-                       patients: dict[str, dict[str, Any]] | None = None) -> dict[str, set[str]]:
+    async def reach_of(self, patient_ids: set[str], patients: dict[str, dict[str, Any]] | None = None,
+                       looked: dict[str, Reached] | None = None) -> dict[str, set[str]]:
         """The hospitals each patient's records reach now: the managing one and the live shares.
         `patients`: Patient documents about to be written, whose hospital counts instead of the stored one."""
-        reached = await self.reached(patient_ids, patients)
+        reached = await self.reached(patient_ids, patients, looked)
         now = self.clock()
         return {pid: reached[pid].orgs(now) if pid in reached else set() for pid in patient_ids}
 
-    async def reaches_for(self, compartments: list[list[str]],
-                          patients: dict[str, dict[str, Any]] | None = None) -> list[list[str]]:
+    async def reaches_for(self, compartments: list[list[str]], patients: dict[str, dict[str, Any]] | None = None,
+                          looked: dict[str, Reached] | None = None) -> list[list[str]]:
         """`reach` for documents of these compartments, with one look-up for all (a batch)."""
         members = {member.removeprefix("Patient/") for compartment in compartments for member in compartment}
-        reach = await self.reach_of(members, patients) if members else {}
+        reach = await self.reach_of(members, patients, looked) if members else {}
         return [sorted(set().union(*(reach[m.removeprefix("Patient/")] for m in compartment)))
                 if compartment else [EVERY_PRACTITIONER] for compartment in compartments]
 
-    async def reach_of_document(self, resource_type: str, document: dict[str, Any],
-                                previous: dict[str, Any] | None) -> list[str]:
-        """`reach` of a document about to be written (its sp and compartment made)."""
+    async def reach_of_document(self, resource_type: str, document: dict[str, Any], previous: dict[str, Any] | None,
+                                looked: dict[str, Reached] | None = None) -> list[str]:
+        """`reach` of a document about to be written (its sp and compartment made); `looked`: what the decision
+        to write it looked at."""
         if document["deleted"]:
             return list((previous or {}).get("reach") or [])
         # A Patient's managing hospital is the one the new version names, not the stored one's.
         patients = {document["_id"]: document} if resource_type == "Patient" else None
         compartment = [f"Patient/{document['_id']}"] if resource_type == "Patient" else document["compartment"]
-        return (await self.reaches_for([compartment], patients))[0]
+        return (await self.reaches_for([compartment], patients, looked))[0]
 
     # --- changing -------------------------------------------------------------------------------
 
