@@ -796,8 +796,17 @@ class RecordService:
         # The types a patient's compartment can hold, counted at once; the audit trail is about the record, not
         # part of it.
         kinds = [t for t in RESOURCE_TYPES if t in search.COMPARTMENT_PATHS and t != "AuditEvent"]
-        found = await asyncio.gather(*(self.store.count(resource_type, member) for resource_type in kinds))
-        counts = [("Patient", 1), *zip(kinds, found, strict=True)]
+        first: dict[str, list[dict[str, Any]]] = {}
+        if offset == 0:
+            # The first page of every type at once: a type that fits in it is counted by it, and only the types
+            # with more are counted (the embedded engine reads each document it counts, and a count costs more
+            # than a find even of nothing).
+            pages = await asyncio.gather(*(self.store.find(resource_type, member, sort=[("_id", 1)], limit=count + 1)
+                                           for resource_type in kinds))
+            first = dict(zip(kinds, pages, strict=True))
+        larger = [t for t in kinds if t not in first or len(first[t]) > count]
+        found = dict(zip(larger, await asyncio.gather(*(self.store.count(t, member) for t in larger)), strict=True))
+        counts = [("Patient", 1), *((t, found[t] if t in found else len(first[t])) for t in kinds)]
         total = sum(n for _, n in counts)
         entries, position, remaining = [], 0, count
         for resource_type, n in counts:
@@ -809,6 +818,8 @@ class RecordService:
             skip = max(0, offset - position)
             if resource_type == "Patient":
                 docs = [patient]
+            elif resource_type in first:
+                docs = first[resource_type][skip:skip + remaining]
             else:
                 docs = await self.store.find(resource_type, member, sort=[("_id", 1)], skip=skip, limit=remaining)
             for doc in docs:

@@ -421,3 +421,23 @@ async def test_paging_without_total_still_links_next(doctor_client, world):
     assert sorted(i for p in pages for i in ids(p)) == sorted(made)
     exact = await search(doctor_client, "Patient", {"family": family, "_count": "5", "_total": "none"})
     assert len(ids(exact)) == 5 and link(exact, "next") is None
+
+
+@pytest.mark.parametrize("count", [3, 4, 50])
+async def test_everything_pages_walk_the_whole_record_once_with_its_total(doctor_client, world, count):
+    """Whether a type fits the first page (counted by it) or not (counted), and on later pages (by the counts),
+    the pages hold every resource of the record once, the Patient first, and say the same total."""
+    pid = (await create(doctor_client, patient(organization=world.home)))["id"]
+    made = {pid}
+    for _ in range(5):
+        made.add((await create(doctor_client, observation(pid)))["id"])
+    for _ in range(2):
+        made.add((await create(doctor_client, condition(pid)))["id"])
+    made.add((await create(doctor_client, encounter(pid)))["id"])
+    first = await search(doctor_client, f"Patient/{pid}/$everything", {"_count": str(count)})
+    pages = await walk_pages(doctor_client, first)
+    seen = [e["resource"]["id"] for page in pages for e in page.get("entry", [])]
+    assert first["entry"][0]["resource"]["resourceType"] == "Patient"
+    assert sorted(seen) == sorted(made) and len(seen) == len(made)
+    assert {page["total"] for page in pages} == {len(made)}
+    assert len(pages) == -(-len(made) // count)
