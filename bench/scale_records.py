@@ -1,9 +1,9 @@
 """Synthetic records for the scale bench: one hospital's patients, about twenty resources each, as NDJSON.
 
 Every patient has a valid ID number, a name from twenty surnames and 992 given names (so a full name is shared
-by about one patient in 20,000, as common names are), two Encounters, twelve Observations (vital signs and labs, LOINC), two Conditions, two
-MedicationRequests and a DiagnosticReport over the labs. Ids are the bench's own (`sc{n}`, `sc{n}-o3`), so the
-bench knows what it asks for and a file imported twice updates instead of doubling.
+by about one patient in 20,000, as common names are), two Encounters, twelve Observations (vital signs and labs,
+LOINC), two Conditions, two MedicationRequests and a DiagnosticReport over the labs. Ids are the bench's own
+(`sc{n}`, `sc{n}-o3`), so the bench knows what it asks for and a file imported twice updates instead of doubling.
 """
 
 from __future__ import annotations
