@@ -392,7 +392,7 @@ async def card_refused_handler(request: Request, exc: CardRefused) -> Response:
 
 def card_service(request: Request) -> CardService:
     state = request.app.state
-    return CardService(RecordService(RecordStore(state.db), _fhir_base(request)),
+    return CardService(RecordService.as_system(state.db, _fhir_base(request)),
                        state.redis, state.keys.card_key, state.settings.token_issuer)
 
 

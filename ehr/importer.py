@@ -297,14 +297,14 @@ async def import_files(service: RecordService, paths: Iterable[Path | str], *, p
 
 async def import_paths_async(settings: Settings, paths: Iterable[Path | str], *, progress: Progress | None = None,
                              concurrency: int = DEFAULT_CONCURRENCY) -> ImportReport:
-    from ehr.store import RecordStore, ensure_indexes
+    from ehr.store import ensure_indexes
     from qilu.db import connect_mongodb, database  # the client qilu hands every domain
 
     client = connect_mongodb(settings)
     try:
         db = database(client, settings)
         await ensure_indexes(db)
-        service = RecordService(RecordStore(db), settings.base_url + "/fhir")
+        service = RecordService.as_system(db, settings.fhir_base_url)
         return await import_files(service, paths, progress=progress, concurrency=concurrency)
     finally:
         client.close()

@@ -201,6 +201,11 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> Any:
 
 
 class RecordService:
+    @classmethod
+    def as_system(cls, db: Any, fhir_base: str) -> RecordService:
+        """The record over one database as the system: no caller's reach (other services, workers, scripts)."""
+        return cls(RecordStore(db), fhir_base)
+
     def __init__(self, store: RecordStore, base_url: str, reach: Reach | None = None):
         """`reach` is the caller's; without one the service acts as the system (other services, workers)."""
         self.store = store

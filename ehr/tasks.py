@@ -36,7 +36,7 @@ async def run_export(settings: Settings, job_id: str) -> str:
 
         exports = bulk_exports(db, settings)
         try:
-            return await exports.run(job_id, caller_of, settings.base_url + "/fhir")
+            return await exports.run(job_id, caller_of, settings.fhir_base_url)
         except Exception as exc:  # noqa: BLE001 - the caller is told through the job; a retry would not help
             log.warning("export failed", job=job_id, error=str(exc))
             await exports.fail(job_id, "the export could not be made; start it again")

@@ -13,7 +13,6 @@ from motor.motor_asyncio import AsyncIOMotorDatabase
 from ehr.access import decide_by_role
 from ehr.models import RecordError
 from ehr.service import RecordService
-from ehr.store import RecordStore
 from fhir_profiles.identifiers import (NATIONAL_ID_SYSTEM, PRACTITIONER_NUMBER_SYSTEM, mask_name, mask_national_id,
                                       parse_national_id)
 from qilu.auth import Caller
@@ -87,7 +86,7 @@ async def _ensure_practitioner_role(records: RecordService, number: str, name: s
 async def add_user(db: AsyncIOMotorDatabase, base_url: str, *, role: Role, login: str, password: str, name: str,
                    organization: str | None = None, specialty: str | None = None) -> User:
     """Create the user, and the Patient or Practitioner + PractitionerRole behind it when missing."""
-    records = RecordService(RecordStore(db), base_url)
+    records = RecordService.as_system(db, base_url)
     users = UserDirectory(db)
     if await users.by_login(login):
         raise AccountError("a user with this login exists already")

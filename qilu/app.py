@@ -16,7 +16,6 @@ from ehr.cards import CardRefused
 from ehr.models import RecordError
 from ehr.service import RecordService
 from ehr.sharing import REACH_CACHES
-from ehr.store import RecordStore
 from ehr.tasks import bulk_exports
 from qilu import audit, auth, identity, ops, users, web
 from qilu.audit import AuditTrailWriter
@@ -95,7 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                      for cache in REACH_CACHES]
         app.state.tokens = TokenService(settings, app.state.keys, app.state.redis, app.state.users)
         # The audit trail and the access log live in the record; auth and audit reach them through these.
-        records = RecordService(RecordStore(app.state.db), settings.base_url + "/fhir")
+        records = RecordService.as_system(app.state.db, settings.fhir_base_url)
         app.state.audit_sink = AuditTrailWriter(records.append_audit_events)
         app.state.access_log_reader = records.access_log
         app.state.referrals = referral_service(app.state.db, settings)

@@ -91,7 +91,7 @@ def user_add(
         try:
             db = database(client, settings)
             await ensure_user_indexes(db)
-            return await add_user(db, settings.base_url + "/fhir", role=role, login=login, password=password,
+            return await add_user(db, settings.fhir_base_url, role=role, login=login, password=password,
                                   name=name, organization=organization, specialty=specialty)
         finally:
             client.close()

@@ -818,7 +818,7 @@ async def _seed_groups(service: Any, groups: list[list[dict[str, Any]]], written
 async def seed_demo_async(settings: Settings, directory_path: Path | None = None) -> DemoSummary:
     """Seed the demo into settings.mongodb_db through the record service; writes only what is missing."""
     from ehr.service import RecordService
-    from ehr.store import RecordStore, ensure_indexes
+    from ehr.store import ensure_indexes
     from qilu.db import connect_mongodb, database
 
     started = time.perf_counter()
@@ -827,7 +827,7 @@ async def seed_demo_async(settings: Settings, directory_path: Path | None = None
     try:
         db = database(client, settings)
         await ensure_indexes(db)
-        service = RecordService(RecordStore(db), settings.base_url + "/fhir")
+        service = RecordService.as_system(db, settings.fhir_base_url)
         written: Counter[str] = Counter()
         present: Counter[str] = Counter()
         # Hospitals before patients, so that what a patient's record references is there first.
@@ -848,7 +848,6 @@ async def _ensure_demo_logins(db: Any, settings: Settings, people: DemoPeople, w
                               present: Counter[str]) -> None:
     """Logins for the demo people, and the demo patient's consent to share records for a referral."""
     from ehr.service import RecordService
-    from ehr.store import RecordStore
     from qilu.accounts import add_user
     from qilu.identity import UserDirectory
     from qilu.identity import ensure_indexes as ensure_user_indexes
@@ -861,16 +860,16 @@ async def _ensure_demo_logins(db: Any, settings: Settings, people: DemoPeople, w
         if await users.by_login(person.identifier):
             present["user"] += 1
             continue
-        await add_user(db, settings.base_url + "/fhir", role=role, login=person.identifier, password=DEMO_PASSWORD,
+        await add_user(db, settings.fhir_base_url, role=role, login=person.identifier, password=DEMO_PASSWORD,
                        name=person.name, organization=person.organization if role == "practitioner" else None)
         written["user"] += 1
     if await users.by_login(DEMO_ADMIN_LOGIN):
         present["user"] += 1
     else:
-        await add_user(db, settings.base_url + "/fhir", role="admin", login=DEMO_ADMIN_LOGIN, password=DEMO_PASSWORD,
+        await add_user(db, settings.fhir_base_url, role="admin", login=DEMO_ADMIN_LOGIN, password=DEMO_PASSWORD,
                        name="系统管理员")
         written["user"] += 1
-    records = RecordService(RecordStore(db), settings.base_url + "/fhir")
+    records = RecordService.as_system(db, settings.fhir_base_url)
     consent_id = f"consent-{DEMO_PATIENT_ID}"
     if await records.store.get("Consent", consent_id):
         present["Consent"] += 1

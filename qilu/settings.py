@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     def base_url(self) -> str:
         return (self.public_base_url or f"http://{self.host}:{self.port}").rstrip("/")
 
+    @property
+    def fhir_base_url(self) -> str:
+        """Where the FHIR API answers: the base of every reference and link the record writes."""
+        return self.base_url + "/fhir"
+
     def path(self, *parts: str) -> Path:
         """A path under the data directory, made absolute so child processes agree on it."""
         return self.data_dir.resolve().joinpath(*parts)

@@ -48,7 +48,7 @@ class LookupBody(StrictModel):
 
 
 def accounts(request: Request) -> AccountService:
-    return AccountService(request.app.state.db, request.app.state.settings.base_url + "/fhir",
+    return AccountService(request.app.state.db, request.app.state.settings.fhir_base_url,
                           request.app.state.users)  # its changes are announced to every process
 
 

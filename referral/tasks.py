@@ -11,7 +11,6 @@ from typing import Any, Protocol
 import httpx
 
 from ehr.service import RecordService
-from ehr.store import RecordStore
 from qilu.cache import connect_redis
 from qilu.db import connect_mongodb, database
 from qilu.settings import Settings
@@ -31,7 +30,7 @@ def rules_from(settings: Settings) -> ReferralRules:
 
 def referral_service(db, settings: Settings) -> ReferralService:
     """The referral service over one database, acting on the record as the system."""
-    records = RecordService(RecordStore(db), settings.base_url + "/fhir")
+    records = RecordService.as_system(db, settings.fhir_base_url)
     return ReferralService(ReferralStore(db), records, DirectoryCache(lambda: load_directory(records)),
                            rules_from(settings))
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from ehr.service import RecordService
-from ehr.store import RecordStore
 from qilu.db import connect_mongodb, database
 from qilu.settings import Settings
 from referral.service import ReferralService
@@ -32,7 +31,7 @@ def media_hub(settings: Settings) -> MediaHub:
 def consult_service(db, settings: Settings, *, referrals: ReferralService | None, hub: MediaHub | None,
                     enqueue_recording: Enqueue | None = None, kick_outbox: Kick | None = None) -> ConsultService:
     """The consult service over one database, writing to the record as the system."""
-    records = RecordService(RecordStore(db), settings.base_url + "/fhir")
+    records = RecordService.as_system(db, settings.fhir_base_url)
     return ConsultService(ConsultStore(db), records, referrals, hub, rules_from(settings), enqueue_recording,
                           kick_outbox=kick_outbox)
 
