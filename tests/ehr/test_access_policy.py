@@ -85,7 +85,7 @@ def test_routes_reach_the_record_only_through_a_handle_bound_to_the_caller():
     root = Path(__file__).resolve().parents[2]
     system_handles = {
         # The card service reads and writes as the system and asks the policy's card rows itself.
-        ("ehr/api.py", "return CardService(RecordService(RecordStore(state.db), _fhir_base(request)),"),
+        ("ehr/api.py", "return CardService(RecordService.as_system(state.db, _fhir_base(request)),"),
         ("ehr/api.py", "return RecordService(reach.store, _fhir_base(request), reach)"),
     }
     found = set()
@@ -95,6 +95,7 @@ def test_routes_reach_the_record_only_through_a_handle_bound_to_the_caller():
         if not path.exists():
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
-            if "RecordService(" in line or "RecordStore(" in line and "Reach(" not in line:
+            if ("RecordService(" in line or "RecordService.as_system(" in line
+                    or "RecordStore(" in line and "Reach(" not in line):
                 found.add((module, line.strip()))
     assert found == system_handles
